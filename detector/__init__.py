@@ -1,0 +1,1 @@
+"""Anomaly detection: EAR + FADeR models, training, evaluation, inference, and the detector service."""

@@ -1,0 +1,57 @@
+"""Kafka connection settings and the topic-naming convention used by every stage.
+
+Topic names follow ``<prefix>.<stream>``:
+
+========================  ===================================================
+``<prefix>.frames``       camera frames, key = camera id (order per camera)
+``<prefix>.results``      one inspection result per frame, key = camera id
+``<prefix>.deadletter``   messages a stage could not process, with the reason
+========================  ===================================================
+
+``prefix`` defaults to ``linewatch`` (``LINEWATCH_TOPIC_PREFIX``); a second line or a
+test run uses its own prefix to stay isolated on a shared cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """Where the broker is and how to authenticate; read from ``LINEWATCH_*`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="LINEWATCH_", extra="ignore")
+
+    kafka_bootstrap: str = Field("localhost:9092", description="comma-separated host:port list")
+    kafka_client_id: str = "linewatch"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    topic_prefix: str = "linewatch"
+
+    def topic(self, stream: Literal["frames", "results", "deadletter"]) -> str:
+        return f"{self.topic_prefix}.{stream}"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments common to kafka-python's producer, consumer and admin client."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()],
+            "client_id": self.kafka_client_id,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = self.kafka_sasl_password
+        for key in ("cafile", "certfile", "keyfile"):
+            value = getattr(self, f"kafka_ssl_{key}")
+            if value:
+                kwargs[f"ssl_{key}"] = value
+        return kwargs
