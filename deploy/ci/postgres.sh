@@ -1,4 +1,114 @@
 #!/usr/bin/env bash
-# Sourced by deploy/test.sh: starts a throwaway PostgreSQL for the storage tests and
-# exports LINEWATCH_TEST_POSTGRES_URL.  (Filled in by the storage work.)
-true
+# Throwaway PostgreSQL for the storage tests.
+#
+# Sourced by deploy/test.sh (after deploy/ci/system-deps.sh installed Debian's postgresql):
+#
+#   source deploy/ci/postgres.sh        # starts (or reuses) a server, exports LINEWATCH_TEST_POSTGRES_URL
+#   ...run tests...
+#   lw_postgres_stop                    # stops it and removes its data directory
+#
+# or run directly:  bash deploy/ci/postgres.sh start|stop|status
+#
+# The cluster lives in a temporary directory (LINEWATCH_PG_DIR, default /tmp/linewatch-pg-<uid>),
+# listens only on 127.0.0.1 and a Unix socket in that directory, on a free port, and trusts
+# local connections (it is a test server).  Starting is idempotent: a server already running
+# in that directory is reused.  When the script runs as root, the server runs as the
+# `postgres` user (PostgreSQL refuses root).
+#
+# Being sourced, this file installs no trap and does not change the caller's shell options;
+# when sourced it also registers `lw_postgres_stop` with an EXIT trap only if the caller has no
+# EXIT trap of its own (LINEWATCH_PG_NO_TRAP=1 disables that; the caller then calls
+# lw_postgres_stop itself).  If PostgreSQL is not installed, it warns and exports nothing: the
+# PostgreSQL test parameters then skip with a reason.
+
+_lw_pg_dir="${LINEWATCH_PG_DIR:-/tmp/linewatch-pg-$(id -u)}"
+_lw_pg_db="linewatch_test"
+
+_lw_pg_bin() {
+  local d
+  d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)"
+  [ -n "$d" ] && [ -x "$d/initdb" ] && echo "$d"
+}
+
+# run a PostgreSQL tool as the cluster's owner
+_lw_pg_as() {
+  if [ "$(id -u)" -eq 0 ]; then
+    if command -v runuser >/dev/null 2>&1; then
+      runuser -u postgres -- "$@"
+    else
+      su postgres -s /bin/sh -c "$(printf '%q ' "$@")"
+    fi
+  else
+    "$@"
+  fi
+}
+
+_lw_pg_free_port() {
+  python3 - <<'EOF'
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()
+EOF
+}
+
+lw_postgres_status() {
+  local bin
+  bin="$(_lw_pg_bin)" || return 1
+  [ -f "$_lw_pg_dir/data/postmaster.pid" ] && _lw_pg_as "$bin/pg_ctl" -D "$_lw_pg_dir/data" status >/dev/null 2>&1
+}
+
+lw_postgres_start() {
+  local bin port
+  bin="$(_lw_pg_bin)" || {
+    echo "[postgres] PostgreSQL is not installed (apt-get install postgresql); PostgreSQL tests will be skipped" >&2
+    return 0
+  }
+  if lw_postgres_status; then
+    port="$(cat "$_lw_pg_dir/port")"
+  else
+    rm -rf "$_lw_pg_dir"
+    mkdir -p "$_lw_pg_dir"
+    [ "$(id -u)" -eq 0 ] && chown postgres: "$_lw_pg_dir"
+    port="$(_lw_pg_free_port)"
+    echo "$port" > "$_lw_pg_dir/port"
+    _lw_pg_as "$bin/initdb" -D "$_lw_pg_dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$_lw_pg_dir/initdb.log" 2>&1 \
+      || { echo "[postgres] initdb failed, see $_lw_pg_dir/initdb.log" >&2; return 1; }
+    _lw_pg_as "$bin/pg_ctl" -D "$_lw_pg_dir/data" -l "$_lw_pg_dir/server.log" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $_lw_pg_dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+      start >/dev/null \
+      || { echo "[postgres] server did not start, see $_lw_pg_dir/server.log" >&2; return 1; }
+    _lw_pg_as "$bin/createdb" -h "$_lw_pg_dir" -p "$port" -U postgres "$_lw_pg_db" \
+      || { echo "[postgres] createdb failed" >&2; return 1; }
+    echo "[postgres] started a throwaway server on 127.0.0.1:$port (data in $_lw_pg_dir)"
+  fi
+  export LINEWATCH_TEST_POSTGRES_URL="postgresql+psycopg://postgres@127.0.0.1:$port/$_lw_pg_db"
+}
+
+lw_postgres_stop() {
+  local bin
+  bin="$(_lw_pg_bin)" || return 0
+  if [ -f "$_lw_pg_dir/data/postmaster.pid" ]; then
+    _lw_pg_as "$bin/pg_ctl" -D "$_lw_pg_dir/data" -m fast -w -t 60 stop >/dev/null 2>&1 \
+      || _lw_pg_as "$bin/pg_ctl" -D "$_lw_pg_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$_lw_pg_dir"
+  unset LINEWATCH_TEST_POSTGRES_URL
+}
+
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then
+  # sourced: start, and stop at the caller's exit unless it manages that itself
+  lw_postgres_start || echo "[postgres] continuing without PostgreSQL" >&2
+  if [ -n "${LINEWATCH_TEST_POSTGRES_URL:-}" ] && [ "${LINEWATCH_PG_NO_TRAP:-0}" != 1 ] && [ -z "$(trap -p EXIT)" ]; then
+    trap 'lw_postgres_stop' EXIT
+  fi
+else
+  set -euo pipefail
+  case "${1:-}" in
+    start) lw_postgres_start; echo "LINEWATCH_TEST_POSTGRES_URL=$LINEWATCH_TEST_POSTGRES_URL" ;;
+    stop) lw_postgres_stop ;;
+    status) if lw_postgres_status; then echo "running: postgresql+psycopg://postgres@127.0.0.1:$(cat "$_lw_pg_dir/port")/$_lw_pg_db"; else echo "not running"; exit 1; fi ;;
+    *) echo "usage: $0 start|stop|status   (or: source $0, then lw_postgres_stop)" >&2; exit 2 ;;
+  esac
+fi
