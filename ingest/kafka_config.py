@@ -9,7 +9,14 @@ Topic names follow ``<prefix>.<stream>``:
 ========================  ===================================================
 
 ``prefix`` defaults to ``linewatch`` (``LINEWATCH_TOPIC_PREFIX``); a second line or a
-test run uses its own prefix to stay isolated on a shared cluster.
+test run uses its own prefix to stay isolated on a shared cluster.  Topics are never
+auto-created: :func:`ingest.topics.ensure_topics` creates them with explicit partition counts.
+
+Message size: a linewatch producer sends records up to ``kafka_max_message_bytes``
+(``LINEWATCH_KAFKA_MAX_MESSAGE_BYTES``, default 16 MiB, key + value + headers).  The topics are
+created with ``max.message.bytes`` a little above it, and the development broker
+(``deploy/kafka/kafka.sh``) accepts 20 MiB, so frames up to that size pass end to end; a larger
+frame is refused before sending with :class:`ingest.producer.FrameTooLargeError`.
 """
 
 from __future__ import annotations
@@ -35,6 +42,11 @@ class KafkaSettings(BaseSettings):
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
     topic_prefix: str = "linewatch"
+    kafka_max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="largest record (key + value + headers) a linewatch producer sends",
+    )
 
     def topic(self, stream: Literal["frames", "results", "deadletter"]) -> str:
         return f"{self.topic_prefix}.{stream}"
