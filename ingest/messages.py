@@ -21,6 +21,8 @@ Wire format, schema version 1 — designed so a gateway in any language can prod
   ``lw-part``          no          part id, when the line knows it
   ``lw-product``       no          product id, used to route to a model
   ===================  ==========  ============================================
+
+More for gateway authors (frame-id convention, size limit, payload checks): ``ingest/README.md``.
 """
 
 from __future__ import annotations
