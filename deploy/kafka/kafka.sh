@@ -78,12 +78,14 @@ cmd_fetch() {
   tmp="$(mktemp -d "$CACHE/.kafka-$KAFKA_VERSION.XXXXXX")"
   cp "$HERE/pom.xml" "$tmp/pom.xml"
   if ! (cd "$tmp" && mvn -B -q -Dstyle.color=never -f pom.xml dependency:copy-dependencies \
-          -DincludeScope=runtime -DoutputDirectory="$tmp/libs" -Dmdep.useRepositoryLayout=false); then
+          -DincludeScope=runtime -DoutputDirectory="$tmp/libs" -Dmdep.useRepositoryLayout=false \
+          >"$tmp/mvn.log" 2>&1); then
+    tail -n 40 "$tmp/mvn.log" >&2
     rm -rf "$tmp"
     die "Maven could not resolve Kafka $KAFKA_VERSION"
   fi
   [ -f "$tmp/libs/kafka_2.13-$KAFKA_VERSION.jar" ] || { rm -rf "$tmp"; die "kafka_2.13-$KAFKA_VERSION.jar missing after resolve"; }
-  rm -rf "$tmp/pom.xml" "$tmp/target" "$KAFKA_HOME_DIR"
+  rm -rf "$tmp/pom.xml" "$tmp/mvn.log" "$tmp/target" "$KAFKA_HOME_DIR"
   mv "$tmp" "$KAFKA_HOME_DIR"
   touch "$KAFKA_HOME_DIR/.complete"
   log "Kafka $KAFKA_VERSION: $(ls "$LIBS" | wc -l) jars in $LIBS"
