@@ -231,6 +231,12 @@ class Inspection(Base):
         Index(None, "current_feedback", "captured_at"),
         Index(None, "heatmap_image_id"),
         Index(None, "frame_image_id"),
+        # dashboard read paths (migration 0002): review queue, covering indexes for the
+        # live aggregates and the per-camera score distributions
+        Index("ix_inspections_review_queue", "is_anomalous", "current_feedback", "captured_at"),
+        Index("ix_inspections_live_window", "captured_at", "line_id", "camera_id", "is_anomalous"),
+        Index("ix_inspections_camera_scores", "camera_id", "captured_at", "score", "is_anomalous",
+              "current_feedback"),
     )
 
 

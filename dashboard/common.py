@@ -1,0 +1,112 @@
+"""Shared plumbing of the dashboard pages: database engine, blob store, the logged-in user.
+
+Pages call :func:`require_role` first: it stops the script (showing nothing but a notice)
+unless a user with at least that role is logged in.  The user is re-read from the database on
+every run, so removing, disabling or demoting an account takes effect at the next click.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import streamlit as st
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from storage.blobs import BlobStore, make_blob_store
+from storage.db import init_db, make_engine, write_session
+from storage.settings import StorageSettings
+from storage.users import get_user, role_allows
+
+from .settings import DashboardSettings
+
+USER_KEY = "lw_user"
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    username: str
+    role: str
+
+
+@st.cache_resource(show_spinner=False)
+def _resources(url: str, data_dir: str, blob_store: str) -> tuple[Engine, BlobStore]:
+    settings = StorageSettings()
+    engine = make_engine(settings=settings)
+    init_db(engine)  # migrations are idempotent; a fresh database gets the schema
+    return engine, make_blob_store(settings, engine)
+
+
+def storage_settings() -> StorageSettings:
+    return StorageSettings()
+
+
+def resources() -> tuple[Engine, BlobStore]:
+    s = storage_settings()
+    return _resources(s.url, str(s.data_dir), s.blob_store)
+
+
+def engine() -> Engine:
+    return resources()[0]
+
+
+def blobs() -> BlobStore:
+    return resources()[1]
+
+
+def dashboard_settings() -> DashboardSettings:
+    return DashboardSettings()
+
+
+@contextlib.contextmanager
+def read_session() -> Iterator[Session]:
+    with Session(engine(), expire_on_commit=False) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def writing() -> Iterator[Session]:
+    with write_session(engine()) as s:
+        yield s
+
+
+def current_user() -> CurrentUser | None:
+    """The logged-in user, re-checked against the database (gone or disabled: logged out)."""
+    user = st.session_state.get(USER_KEY)
+    if not user:
+        return None
+    with read_session() as s:
+        row = get_user(s, user["username"])
+        if row is None or not row.is_active:
+            st.session_state.pop(USER_KEY, None)
+            return None
+        if row.role != user["role"]:
+            st.session_state[USER_KEY] = {"username": row.username, "role": row.role}
+        return CurrentUser(row.username, row.role)
+
+
+def require_role(needed: str) -> CurrentUser:
+    """Stop the page unless someone with at least ``needed`` is logged in."""
+    user = current_user()
+    if user is None:
+        st.warning("Please log in.")
+        st.stop()
+    if not role_allows(user.role, needed):
+        st.error(f"This page is for {needed}s and above; you are logged in as {user.role}.")
+        st.stop()
+    return user
+
+
+def log_in(username: str, role: str) -> None:
+    st.session_state[USER_KEY] = {"username": username, "role": role}
+
+
+def log_out() -> None:
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f} %"

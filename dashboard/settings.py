@@ -1,0 +1,35 @@
+"""Dashboard settings from ``LINEWATCH_*`` environment variables (besides the storage ones).
+
+==========================================  ============  ==========================================
+variable                                    default       meaning
+==========================================  ============  ==========================================
+``LINEWATCH_DASHBOARD_REFRESH_S``           ``5``         Live page refresh period (seconds)
+``LINEWATCH_DETECTOR_METRICS_URL``          unset         detector service's Prometheus ``/metrics``;
+                                                          unset: consumer lag shows "n/a"
+``LINEWATCH_DASHBOARD_SHIFT_STARTS``        ``6,14,22``   shift start hours (UTC) for the "shift" window
+``LINEWATCH_DASHBOARD_USUAL_DAYS``          ``7``         days before the window that make "usual rate"
+``LINEWATCH_DASHBOARD_LOGIN_MAX_FAILURES``  ``5``         failed logins per browser session before it
+                                                          must wait (besides the per-account lockout)
+``LINEWATCH_DASHBOARD_CSV_MAX_ROWS``        ``100000``    cap of one History CSV export
+==========================================  ============  ==========================================
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DashboardSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LINEWATCH_", extra="ignore")
+
+    dashboard_refresh_s: float = Field(5.0, gt=0)
+    detector_metrics_url: str | None = None
+    dashboard_shift_starts: str = "6,14,22"
+    dashboard_usual_days: float = Field(7.0, gt=0)
+    dashboard_login_max_failures: int = Field(5, ge=1)
+    dashboard_csv_max_rows: int = Field(100_000, ge=1)
+
+    def shift_hours(self) -> list[int]:
+        hours = sorted({int(h) % 24 for h in self.dashboard_shift_starts.split(",") if h.strip()})
+        return hours or [0]

@@ -1,0 +1,23 @@
+"""The login form: the only thing a visitor who is not logged in can see."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard.auth import attempt_login
+from dashboard.common import dashboard_settings
+
+st.title("linewatch")
+st.caption("Visual inspection dashboard. Please log in.")
+
+with st.form("login", clear_on_submit=False):
+    username = st.text_input("Username", key="login_username", autocomplete="username")
+    password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
+    submitted = st.form_submit_button("Log in", type="primary")
+
+if submitted:
+    result = attempt_login(username, password, dashboard_settings().dashboard_login_max_failures)
+    if result.ok:
+        st.rerun()
+    else:
+        st.error(result.message)
