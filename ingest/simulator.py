@@ -109,7 +109,7 @@ class LineSimulator(FrameSource):
         offset = (frame_index * 7) % 24
         for x in range(-24 + offset, w, 24):
             cv2.line(belt, (x, 0), (x, h - 1), 48.0, 3)
-        belt += noise_rng.normal(0.0, 3.0, size=(h, w)).astype(np.float32)
+        belt += 3.0 * noise_rng.standard_normal((h, w), dtype=np.float32)
         img = cv2.merge([belt, belt * 1.02, belt * 0.98])
 
         # part geometry with line-to-line jitter
@@ -156,7 +156,7 @@ class LineSimulator(FrameSource):
         if defect in ("scratch", "spot", "crack"):
             self._paint_defect(img, defect, rng, cx, cy, radius, scale)
 
-        img += noise_rng.normal(0.0, 2.0, size=img.shape).astype(np.float32)
+        img += 2.0 * noise_rng.standard_normal(img.shape, dtype=np.float32)
         return np.clip(img, 0, 255).astype(np.uint8)
 
     @staticmethod
