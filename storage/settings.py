@@ -19,6 +19,8 @@ variable                            default                                     
 ``LINEWATCH_WRITER_GROUP``          ``linewatch-storage-writer``                 Kafka consumer group of the writer
 ``LINEWATCH_WRITER_BATCH_SIZE``     ``200``                                      results per database transaction
 ``LINEWATCH_WRITER_MAX_WAIT_MS``    ``500``                                      max time a partial batch waits
+``LINEWATCH_WRITER_SESSION_TIMEOUT_MS`` ``10000``                                a crashed writer's partitions move
+                                                                                 to the others after this long
 ==================================  ===========================================  ==================================
 
 The SQLite file, the blob directory and the model store all live under one data directory
@@ -54,6 +56,7 @@ class StorageSettings(BaseSettings):
     writer_group: str = "linewatch-storage-writer"
     writer_batch_size: int = Field(200, ge=1)
     writer_max_wait_ms: int = Field(500, ge=0)
+    writer_session_timeout_ms: int = Field(10_000, ge=1000)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> "StorageSettings":

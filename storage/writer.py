@@ -149,6 +149,9 @@ class ResultWriter:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,
+            # a killed writer's partitions go to the others after this (Kafka's default is 45 s)
+            session_timeout_ms=self.storage.writer_session_timeout_ms,
+            heartbeat_interval_ms=max(500, self.storage.writer_session_timeout_ms // 4),
             max_partition_fetch_bytes=self.kafka.kafka_max_message_bytes + 4 * 1024 * 1024,
             fetch_max_bytes=max(64 * 1024 * 1024, self.kafka.kafka_max_message_bytes + 4 * 1024 * 1024),
         )
