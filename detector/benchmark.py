@@ -1,0 +1,233 @@
+"""``linewatch-detector benchmark``: EAR vs FADeR vs the ablations on every category under a data root.
+
+Per category, stage 1 (the EAR U-Net, with the automatic choice of m and q) is trained once and
+shared by every stage-2 variant.  Each variant is calibrated on the held-out normal images,
+evaluated on the test split (image/pixel AUROC, AUPRO, F1-max), saved as a checkpoint, and timed on
+CPU through :class:`detector.inference.Detector` (frames at their original resolution, batch 1 and
+8).  For FADeR the same detector is also timed with the MLP switched off (interleaved runs), which
+gives the MLP's share of inference time.
+
+Training length is given in image passes (``--stage1-passes``, ``--stage2-passes``) and turned into
+epochs per category, so small and large categories cost about the same.  EAR and FADeR run for all
+categories first, the ablations afterwards; results (JSON + markdown) are rewritten after every
+variant, so a partial run still leaves a usable table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ALL_VARIANTS = ["ear", "fader", "fader-binary", "fader-bilinear", "fader-vit", "fader-altnorm"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import shared_dir
+
+    p.add_argument("--data-root", default=str(shared_dir() / "data"),
+                   help="folder searched for MVTec-layout categories (default ../shared/data)")
+    p.add_argument("--out-dir", default="/tmp/linewatch-bench",
+                   help="results.json, results.md and one checkpoint per category/variant (default /tmp/linewatch-bench)")
+    p.add_argument("--categories", default=None, help="comma-separated substrings to select categories")
+    p.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma-separated (default {','.join(ALL_VARIANTS)})")
+    p.add_argument("--image-size", type=int, default=128, help="model input (default 128, sized for a 2-core CPU)")
+    p.add_argument("--channels", type=int, default=16, help="U-Net base width (default 16)")
+    p.add_argument("--stage1-passes", type=int, default=10000, help="stage-1 training length in image passes")
+    p.add_argument("--stage2-passes", type=int, default=3000, help="stage-2 training length per variant, in image passes")
+    p.add_argument("--norm", default="minmax", choices=["minmax", "fixed"], help="default FADeR normalisation")
+    p.add_argument("--fps-seconds", type=float, default=4.0, help="timing length per measurement")
+    p.add_argument("--target-far", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device (timing is on CPU)")
+
+
+def _frames(samples, n: int) -> list[np.ndarray]:
+    from .data import CorruptImageError, read_image
+
+    out = []
+    for s in samples:
+        try:
+            out.append(read_image(s.path))
+        except CorruptImageError:
+            continue
+        if len(out) == n:
+            break
+    return out
+
+
+def _fps(det, frames: list[np.ndarray], batch: int, seconds: float) -> float:
+    chunk = (frames * batch)[:batch]
+    det.predict(chunk)  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        det.predict(chunk)
+        n += len(chunk)
+    return n / (time.perf_counter() - t0)
+
+
+def mlp_overhead(det, frames: list[np.ndarray], batch: int = 8, rounds: int = 6) -> dict[str, float]:
+    """Median time per frame with and without the FADeR head, interleaved in one run."""
+    chunk = (frames * batch)[:batch]
+    model = det._model
+    on, off = [], []
+    det.predict(chunk)
+    for _ in range(rounds):
+        for flag, acc in ((True, on), (False, off)):
+            model.use_fader = flag
+            t0 = time.perf_counter()
+            det.predict(chunk)
+            acc.append((time.perf_counter() - t0) / len(chunk))
+    model.use_fader = True
+    a, b = statistics.median(on), statistics.median(off)
+    return {"ms_per_frame_with_head": a * 1e3, "ms_per_frame_without_head": b * 1e3,
+            "overhead_pct": (a - b) / b * 100.0}
+
+
+def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    def f(v, fmt="{:.4f}"):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+    lines = [
+        f"Benchmark: image {settings['image_size']} px, U-Net width {settings['channels']}, stage 1 "
+        f"{settings['stage1_passes']} / stage 2 {settings['stage2_passes']} image passes, CPU threads "
+        f"{settings['threads']}.  Training minutes of FADeR variants include the shared stage 1.",
+        "",
+        "| category | variant | m | q | image AUROC | pixel AUROC | AUPRO@0.3 | F1-max | train min | CPU fps b1 | CPU fps b8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['category']} | {r['variant']} | {r['m']} | {r['q']} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | "
+            f"{f(r.get('aupro'))} | {f(r.get('f1_max'))} | {f(r['train_min'], '{:.1f}')} | "
+            f"{f(r.get('fps_b1'), '{:.1f}')} | {f(r.get('fps_b8'), '{:.1f}')} |")
+    over = [r for r in rows if r.get("mlp_overhead")]
+    if over:
+        lines += ["", "FADeR head share of inference time (same run, interleaved, batch 8, CPU):", ""]
+        for r in over:
+            o = r["mlp_overhead"]
+            lines.append(f"- {r['category']} / {r['variant']}: {o['ms_per_frame_with_head']:.2f} ms vs "
+                         f"{o['ms_per_frame_without_head']:.2f} ms per frame without the head -> "
+                         f"{o['overhead_pct']:+.2f} %")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .checkpoint import save_checkpoint
+    from .cli import UserError, default_masker_weights
+    from .config import DetectorConfig, FaderConfig
+    from .data import MVTecFolder, find_categories
+    from .inference import Detector
+    from .models.maskers import MaskerConfig
+    from .training import (TrainConfig, calibrate_on, compute_saliency, evaluate, load_test, prepare,
+                           resolve_device, train_ear, train_fader)
+    from .workflow import build_meta, fader_config
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        fader_config(v)  # validates
+    cats = find_categories(args.data_root)
+    if args.categories:
+        keys = [c.strip() for c in args.categories.split(",")]
+        cats = [c for c in cats if any(k in str(c) for k in keys)]
+    if not cats:
+        raise UserError(f"no MVTec-layout categories under {args.data_root}")
+    weights = default_masker_weights()
+    if weights is None:
+        raise UserError("masker weights ../shared/models/tf_efficientnet_lite0_in1k.safetensors not found")
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)
+    settings = {"image_size": args.image_size, "channels": args.channels, "stage1_passes": args.stage1_passes,
+                "stage2_passes": args.stage2_passes, "threads": torch.get_num_threads(), "device": str(device),
+                "norm_default": args.norm, "data_root": str(args.data_root)}
+    rows: list[dict[str, Any]] = []
+    state: dict[Path, dict[str, Any]] = {}
+
+    def write() -> None:
+        (out_dir / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2, default=str))
+        (out_dir / "results.md").write_text(_markdown(rows, settings))
+
+    def ensure_stage1(cat: Path) -> dict[str, Any]:
+        if cat in state:
+            return state[cat]
+        ds = MVTecFolder.open(cat, need_test=True)
+        dc = DetectorConfig(image_size=args.image_size, unet_channels=args.channels,
+                            masker=MaskerConfig(kind="cnn", weights=weights), fader=FaderConfig(norm=args.norm))
+        n_train = max(1, len(ds.train) - min(32, round(0.1 * len(ds.train))))
+        tc = TrainConfig(epochs_ear=max(1, round(args.stage1_passes / n_train)),
+                         epochs_fader=max(1, round(args.stage2_passes / n_train)),
+                         target_far=args.target_far, seed=args.seed, device=str(device))
+        from .training import build_masker_for
+
+        masker = build_masker_for(dc, device)
+        data = prepare(ds, dc.image_size, masker, tc, device)
+        tqdm.write(f"[{ds.name}] {len(data.train)} train / {len(data.val)} held-out images, "
+                   f"stage 1 {tc.epochs_ear} epochs, stage 2 {tc.epochs_fader} epochs")
+        s1 = train_ear(dc, data, tc, masker, device)
+        imgs, loaded = load_test(ds, dc.image_size, device)
+        sal = compute_saliency(masker, imgs, desc="masker (test)")
+        frames = _frames(ds.test, 8)
+        st = {"ds": ds, "dc": dc, "tc": tc, "data": data, "s1": s1, "imgs": imgs, "loaded": loaded, "sal": sal,
+              "frames": frames}
+        state[cat] = st
+        return st
+
+    def do_variant(cat: Path, variant: str) -> None:
+        st = ensure_stage1(cat)
+        ds, tc, data, s1 = st["ds"], st["tc"], st["data"], st["s1"]
+        fc = fader_config(variant, st["dc"].fader)
+        timings = {"stage1": s1.minutes}
+        model = s1.model
+        if fc is not None:
+            s2 = train_fader(s1.model, fc, data, tc, device)
+            model = s2.model
+            timings["stage2"] = s2.minutes
+        timings["total"] = sum(timings.values())
+        thr, val_scores = calibrate_on(model, data.val, data.val_sal, tc.target_far)
+        ev = evaluate(model, st["imgs"], st["loaded"], st["sal"])
+        meta = build_meta(model, data, tc, ds.name, thr, val_scores, timings, s1.selection, variant)
+        meta["metrics"] = ev.metrics
+        ckpt = out_dir / ds.name / f"{variant}.pt"
+        sha = save_checkpoint(ckpt, model, meta)
+        det = Detector.load(ckpt, device="cpu")
+        row = {"category": ds.name, "variant": variant, "m": model.cfg.mosaic_scale, "q": model.cfg.mask_quantile,
+               "image_auroc": ev.metrics["image_auroc"], "pixel_auroc": ev.metrics["pixel_auroc"],
+               "aupro": ev.metrics["aupro_0.3"], "f1_max": ev.metrics["image_f1_max"],
+               "train_min": timings["total"], "timings_min": timings, "threshold": thr,
+               "val_fpr_at_threshold": float((val_scores > thr).mean()), "checkpoint": str(ckpt), "version": sha[:12],
+               "selection": s1.selection if variant == "ear" else None}
+        labels = ev.labels.astype(bool)
+        row["test_false_alarm_rate"] = float((ev.scores[~labels] > thr).mean())
+        row["test_detection_rate"] = float((ev.scores[labels] > thr).mean())
+        row["fps_b1"] = _fps(det, st["frames"], 1, args.fps_seconds)
+        row["fps_b8"] = _fps(det, st["frames"], 8, args.fps_seconds)
+        if fc is not None:
+            row["mlp_overhead"] = mlp_overhead(det, st["frames"])
+        rows.append(row)
+        write()
+        tqdm.write(f"[{ds.name}/{variant}] image AUROC {row['image_auroc']:.4f} pixel AUROC {row['pixel_auroc']:.4f} "
+                   f"train {row['train_min']:.1f} min, fps b1 {row['fps_b1']:.1f} b8 {row['fps_b8']:.1f}")
+
+    first = [v for v in variants if v in ("ear", "fader")]
+    rest = [v for v in variants if v not in first]
+    for cat in cats:
+        for v in first:
+            do_variant(cat, v)
+    for cat in cats:
+        for v in rest:
+            do_variant(cat, v)
+        state.pop(cat, None)
+    write()
+    print((out_dir / "results.md").read_text())
+    print(f"results: {out_dir / 'results.json'}, {out_dir / 'results.md'}")
+    return 0

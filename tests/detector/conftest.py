@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("LINEWATCH_SHARED_DIR", REPO.parent / "shared"))
+LITE0 = SHARED / "models" / "tf_efficientnet_lite0_in1k.safetensors"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def masker_config(input_size: int = 64):
+    """The real EfficientNet-Lite0 when the shared file is there, else the same net randomly initialised."""
+    from detector.models.maskers import MaskerConfig
+
+    if LITE0.is_file():
+        return MaskerConfig(kind="cnn", weights=str(LITE0), input_size=input_size)
+    return MaskerConfig(kind="cnn", pretrained=False, input_size=input_size)
+
+
+def tiny_config(fader: bool = True, **kw):
+    from detector.config import DetectorConfig, FaderConfig
+
+    return DetectorConfig(image_size=64, mosaic_scale=8, mask_quantile=0.5, unet_channels=8,
+                          masker=masker_config(), fader=FaderConfig() if fader else None, **kw)
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(tmp_path_factory) -> Path:
+    from detector.synthetic import make_toy_dataset
+
+    return make_toy_dataset(tmp_path_factory.mktemp("toy") / "toy", n_train=32, n_good=10, n_bad=10, size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, toy_dataset):
+    """A tiny EAR + FADeR model trained on the toy data (shared by several tests)."""
+    from detector.training import TrainConfig
+    from detector.workflow import train_from_folder
+
+    tc = TrainConfig(epochs_ear=25, epochs_fader=8, batch_size=8, m_candidates=(4, 8), q_candidates=(0.5,),
+                     device="cpu")
+    out = tmp_path_factory.mktemp("ckpt") / "toy.pt"
+    summary = train_from_folder(toy_dataset, out, tiny_config(), tc, variant="fader", progress=False)
+    return summary

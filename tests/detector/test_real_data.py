@@ -1,0 +1,24 @@
+"""Accuracy on the real shared data (slow; excluded from CI; skipped when ../shared/data is absent)."""
+
+import pytest
+
+from .conftest import LITE0, SHARED
+
+BOTTLE = SHARED / "data" / "mvtec_ad" / "bottle"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (BOTTLE / "train" / "good").is_dir() or not LITE0.is_file(), reason="shared data/models absent")
+def test_bottle_benchmark_settings_reach_target(tmp_path):
+    from detector.config import DetectorConfig, FaderConfig
+    from detector.models.maskers import MaskerConfig
+    from detector.training import TrainConfig
+    from detector.workflow import train_from_folder
+
+    dc = DetectorConfig(image_size=128, unet_channels=16, masker=MaskerConfig(kind="cnn", weights=str(LITE0)),
+                        fader=FaderConfig())
+    n = 188  # train/good minus the held-out images
+    tc = TrainConfig(epochs_ear=round(10000 / n), epochs_fader=round(3000 / n))
+    s = train_from_folder(BOTTLE, tmp_path / "bottle.pt", dc, tc, variant="fader", progress=False)
+    assert s["timings_min"]["total"] < 60
+    assert s["metrics"]["image_auroc"] >= 0.99, s["metrics"]
