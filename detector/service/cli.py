@@ -1,0 +1,138 @@
+"""``linewatch-detector serve`` (registered through ``detector.cli.PLUGIN_MODULES``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from typing import Any
+
+from detector.cli import Command, UserError
+
+DESCRIPTION = """\
+Score camera frames from Kafka: a consumer group on <prefix>.frames (start more processes, or one
+per GPU, for more throughput, up to the topic's partition count), micro-batches of up to
+--max-batch frames (waiting at most --max-wait-ms for a batch to fill), each frame routed to its
+checkpoint (--model, or a routing file: per camera, per product, default), one InspectionResult per
+frame on <prefix>.results (key = camera id; heatmap PNG, and the frame itself when flagged or
+sampled for retraining). Offsets are committed only after the broker acknowledged the batch's
+results: at least once. Bad messages (empty, oversized, wrong schema, undecodable image, no model)
+go to <prefix>.deadletter with the reason; the service keeps going.
+
+Settings come from the environment (LINEWATCH_KAFKA_*, LINEWATCH_TOPIC_PREFIX, LINEWATCH_DETECTOR_*;
+see detector/service/settings.py); the options below override them.
+
+Signals: SIGTERM/SIGINT finish the current batch, commit and exit 0; SIGHUP reloads the routing
+file and checkpoints and switches to them between two batches.
+
+Routing file (JSON or YAML):
+  {"default": "models/flange.pt", "products": {"bottle": "models/bottle.pt"},
+   "cameras": {"cam-07": "models/cam07.pt"}, "thresholds": {"cameras": {"cam-07": 0.42}}}
+
+Example:
+  LINEWATCH_KAFKA_BOOTSTRAP=127.0.0.1:9092 linewatch-detector serve --model flange.pt --http-port 9102
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--model", metavar="CKPT", help="default checkpoint (LINEWATCH_DETECTOR_MODEL)")
+    g.add_argument("--routes", metavar="FILE", help="routing file, JSON or YAML (LINEWATCH_DETECTOR_ROUTES)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="inference device (default auto)")
+    g = p.add_argument_group("consuming")
+    g.add_argument("--group", metavar="ID", help="consumer group (default linewatch-detector)")
+    g.add_argument("--max-batch", type=int, metavar="N", help="frames per inference batch (default 8)")
+    g.add_argument("--max-wait-ms", type=int, metavar="MS", help="longest a partial batch waits (default 50)")
+    g.add_argument("--max-frame-bytes", type=int, metavar="B",
+                   help="larger payloads are dead-lettered (default: the Kafka record limit)")
+    g.add_argument("--partitions", type=int, metavar="N",
+                   help="partitions for topics that do not exist yet (default 6)")
+    g = p.add_argument_group("results")
+    g.add_argument("--sample-rate", type=float, metavar="F",
+                   help="fraction of normal frames attached to their result for retraining (default 0.01)")
+    g.add_argument("--heatmap-max-side", type=int, metavar="PX", help="heatmap longer side at most (default 512)")
+    g = p.add_argument_group("operations")
+    g.add_argument("--http-port", type=int, metavar="PORT",
+                   help="serve /healthz, /readyz and /metrics on this port (0: any free port; default off)")
+    g.add_argument("--log-format", choices=["logfmt", "json"], help="structured log format (default logfmt)")
+
+
+def _settings(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from .settings import ServiceSettings
+
+    mapping = {"model": "model", "routes": "routes", "device": "device", "group": "group",
+               "max_batch": "max_batch", "max_wait_ms": "max_wait_ms", "max_frame_bytes": "max_frame_bytes",
+               "partitions": "topic_partitions", "sample_rate": "sample_rate",
+               "heatmap_max_side": "heatmap_max_side", "http_port": "http_port", "log_format": "log_format"}
+    overrides: dict[str, Any] = {field: getattr(args, arg) for arg, field in mapping.items()
+                                 if getattr(args, arg, None) is not None}
+    if getattr(args, "verbose", False):
+        overrides["log_level"] = "DEBUG"
+    try:
+        return ServiceSettings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err.get("loc", ("?",))[0])
+        opt = {v: k for k, v in mapping.items()}.get(name, name).replace("_", "-")
+        raise UserError(f"--{opt}: {err.get('msg')}") from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from ingest.kafka_config import KafkaSettings
+
+    from .observability import ServiceMetrics, serve_http, setup_logging
+    from .routing import ModelHolder, RoutingError, load_routing
+    from .service import DetectorService
+
+    settings = _settings(args)
+    setup_logging(settings.log_format, settings.log_level)
+    log = logging.getLogger("linewatch.detector.service")
+    try:
+        kafka = KafkaSettings()
+    except Exception as exc:  # noqa: BLE001 - pydantic validation of LINEWATCH_KAFKA_*
+        raise UserError(f"Kafka settings: {str(exc).splitlines()[0]}") from None
+
+    def routing():
+        return load_routing(settings.routes, settings.model)
+
+    try:
+        routes = routing()
+    except RoutingError as exc:
+        raise UserError(str(exc)) from None
+
+    metrics = ServiceMetrics()
+    holder = ModelHolder(lambda path: _load_detector(path, settings))
+    service = DetectorService(kafka, settings, holder, metrics, routing_factory=routing)
+    # signals first: a SIGTERM while the models load still ends the process cleanly
+    signal.signal(signal.SIGTERM, service.stop)
+    signal.signal(signal.SIGINT, service.stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, service.request_reload)
+    server = None
+    if settings.http_port is not None:
+        server = serve_http(metrics, service.health, service.ready, settings.http_port, settings.http_host)
+        log.info("health and metrics", extra={"kv": {"port": server.server_address[1]}})
+    try:
+        ms = holder.load(routes)  # CheckpointError -> one-line error, exit 2 (detector.cli.main)
+        log.info("models loaded", extra={"kv": {"versions": ",".join(f"{v}={p}" for p, v in ms.versions().items()),
+                                                "device": settings.device}})
+        if service.stopping:
+            return 0
+        return service.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+def _load_detector(path: str, settings) -> Any:
+    from detector.inference import Detector
+
+    return Detector.load(path, device=settings.device, batch_size=settings.max_batch)
+
+
+COMMANDS = [
+    Command("serve", "score frames from Kafka and publish inspection results (service)", DESCRIPTION,
+            add_arguments, run_serve),
+]

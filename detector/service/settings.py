@@ -1,0 +1,60 @@
+"""Settings of the detector service, from ``LINEWATCH_DETECTOR_*`` environment variables.
+
+Kafka connection settings are :class:`ingest.kafka_config.KafkaSettings` (``LINEWATCH_KAFKA_*``,
+``LINEWATCH_TOPIC_PREFIX``); every option below can also be given on the ``serve`` command line,
+which wins over the environment.
+
+====================================  ======================  ================================================
+variable                              default                 meaning
+====================================  ======================  ================================================
+``LINEWATCH_DETECTOR_MODEL``          (none)                  default checkpoint (frames no route matches)
+``LINEWATCH_DETECTOR_ROUTES``         (none)                  routing file, JSON or YAML (:mod:`.routing`)
+``LINEWATCH_DETECTOR_GROUP``          ``linewatch-detector``  Kafka consumer group on ``<prefix>.frames``
+``LINEWATCH_DETECTOR_MAX_BATCH``      ``8``                   frames per inference batch
+``LINEWATCH_DETECTOR_MAX_WAIT_MS``    ``50``                  longest a partial batch waits for more frames
+``LINEWATCH_DETECTOR_DEVICE``         ``auto``                ``auto`` / ``cpu`` / ``cuda``
+``LINEWATCH_DETECTOR_SAMPLE_RATE``    ``0.01``                fraction of normal frames whose image is attached
+                                                              to the result (retraining sample; deterministic
+                                                              per frame id)
+``LINEWATCH_DETECTOR_HEATMAP_MAX_SIDE`` ``512``               heatmap PNG downscaled to this longer side
+``LINEWATCH_DETECTOR_MAX_FRAME_BYTES`` Kafka record limit     larger payloads are dead-lettered (``oversized``)
+``LINEWATCH_DETECTOR_MAX_FRAME_PIXELS`` ``40000000``          larger images (by their header) are dead-lettered
+``LINEWATCH_DETECTOR_ATTACH_MAX_BYTES`` ``4194304``           attached frames above this are re-encoded as JPEG
+``LINEWATCH_DETECTOR_HTTP_PORT``      (off)                   ``/healthz`` ``/readyz`` ``/metrics``
+``LINEWATCH_DETECTOR_LOG_FORMAT``     ``logfmt``              ``logfmt`` or ``json``
+``LINEWATCH_DETECTOR_TOPIC_PARTITIONS`` ``6``                 partitions for topics the service must create
+====================================  ======================  ================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LINEWATCH_DETECTOR_", extra="ignore", protected_namespaces=())
+
+    model: Path | None = Field(None, description="default checkpoint")
+    routes: Path | None = Field(None, description="routing file (JSON or YAML)")
+    group: str = "linewatch-detector"
+    max_batch: int = Field(8, ge=1, le=1024)
+    max_wait_ms: int = Field(50, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    sample_rate: float = Field(0.01, ge=0.0, le=1.0)
+    heatmap_max_side: int = Field(512, ge=8)
+    max_frame_bytes: int | None = Field(None, gt=0, description="default: the Kafka record limit")
+    max_frame_pixels: int = Field(40_000_000, gt=0)
+    attach_max_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    http_port: int | None = Field(None, ge=0, le=65535)
+    http_host: str = "0.0.0.0"
+    log_format: Literal["logfmt", "json"] = "logfmt"
+    log_level: str = "INFO"
+    topic_partitions: int = Field(6, ge=1)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    flush_timeout_s: float = Field(60.0, gt=0)
+    stall_after_s: float = Field(120.0, gt=0, description="/healthz fails when the loop is stuck this long")

@@ -1,0 +1,227 @@
+"""End to end on the real broker: folder -> frames -> ``linewatch-detector serve`` -> results ->
+``linewatch-storage writer`` -> SQLite, with the services as real subprocesses."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+from sqlalchemy import select
+
+from ingest.frames import encode_image
+from ingest.messages import FrameMeta
+from ingest.producer import publish_folder
+
+from .harness import Pipeline, free_port, http_get, json_body, metric_value, read_rgb, wait_for
+
+pytestmark = pytest.mark.kafka
+
+
+def _frame_headers(frame_id: str, camera: str, content_type: str = "image/png", schema: bytes = b"1"):
+    meta = FrameMeta(frame_id=frame_id, line="line-1", station="st-1", camera_id=camera, seq=0,
+                     captured_at=datetime.now(timezone.utc), content_type=content_type)
+    return [(k, schema if k == "lw-schema" else v) for k, v in meta.to_headers()]
+
+
+def _direct_predictions(checkpoint: Path, files: list[Path]):
+    from detector.inference import Detector
+
+    det = Detector.load(checkpoint, device="cpu")
+    pred = det.predict([read_rgb(f) for f in files])
+    return det, {f.stem: (float(s), bool(v), m) for f, s, v, m in zip(files, pred.scores, pred.verdicts, pred.maps)}
+
+
+@pytest.fixture
+def pipeline(kafka_test_settings, sqlite_db, tmp_path, pipeline_checkpoint):
+    p = Pipeline(kafka_test_settings, sqlite_db.env, sqlite_db.url, tmp_path / "logs", pipeline_checkpoint)
+    p.db = sqlite_db
+    yield p
+    p.close()
+
+
+def test_frames_to_rows_scores_match_and_bad_messages_are_dead_lettered(pipeline, frames_dir, pipeline_checkpoint):
+    settings = pipeline.settings
+    files = sorted(frames_dir.glob("*.png"))
+    # camera A: every frame, lossless PNG, before the bad messages
+    metas_a = publish_folder(settings, frames_dir, camera_id="cam-a", product="toy", encoding="png", partitions=None)
+
+    # malformed messages, interleaved on the frames topic
+    good_png = files[0].read_bytes()
+    ok, jpg = cv2.imencode(".jpg", cv2.imread(str(files[0])))
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    big_png, _ = encode_image(noise, "png")  # ~270 KB, above --max-frame-bytes below
+    bomb = bytearray(good_png)  # a valid-looking PNG whose header claims 100000 x 100000 pixels
+    bomb[16:24] = (100000).to_bytes(4, "big") * 2
+    bad = {
+        "truncated-jpeg": (jpg.tobytes()[: len(jpg) // 2], _frame_headers("bad-1", "cam-x", "image/jpeg")),
+        "wrong-schema": (good_png, _frame_headers("bad-2", "cam-x", schema=b"2")),
+        "empty": (b"", _frame_headers("bad-3", "cam-x")),
+        "oversized-bytes": (big_png, _frame_headers("bad-4", "cam-x")),
+        "oversized-pixels": (bytes(bomb), _frame_headers("bad-5", "cam-x")),
+        "no-headers": (good_png, []),
+    }
+    producer = KafkaProducer(**settings.client_kwargs(), acks="all")
+    for value, headers in bad.values():
+        producer.send(settings.topic("frames"), key=b"cam-x", value=value, headers=headers)
+    producer.flush(30)
+    producer.close(5)
+    # camera B: the first ten frames again, after the bad messages
+    metas_b = publish_folder(settings, frames_dir, camera_id="cam-b", product="toy", encoding="png", limit=10,
+                             partitions=None)
+    metas = metas_a + metas_b
+    n = len(metas)
+    assert n == len(files) + 10
+
+    port = free_port()
+    writer = pipeline.start_writer("--batch-size", "16", "--max-wait-ms", "100")
+    detector = pipeline.start_detector("--max-batch", "8", "--max-wait-ms", "50", "--max-frame-bytes", "200000",
+                                       "--sample-rate", "0.25", http_port=port)
+    wait_for(lambda: pipeline.rows() >= n, 120, f"{n} rows", [writer, detector], pipeline.logs)
+    wait_for(lambda: pipeline.caught_up(pipeline.detector_group, "frames"), 30, "detector offsets committed",
+             [detector], pipeline.logs)
+    wait_for(lambda: pipeline.caught_up(pipeline.writer_group, "results"), 30, "writer offsets committed",
+             [writer], pipeline.logs)
+
+    # exactly one row per frame, and the stored verdicts and scores are the detector's own
+    from storage.models import Image, Inspection
+
+    rows = pipeline.inspections()
+    assert len(rows) == n
+    assert sorted(r.frame_id for r in rows) == sorted(m.frame_id for m in metas)
+    det, direct = _direct_predictions(pipeline_checkpoint, files)
+    by_key = {(m.camera_id, m.frame_id): m for m in metas}
+    flagged = sampled = 0
+    for r in rows:
+        meta = by_key[(r.camera_id, r.frame_id)]
+        score, verdict, amap = direct[meta.part_id]
+        assert r.score == pytest.approx(score, rel=1e-5, abs=1e-6), r.frame_id
+        assert r.threshold == pytest.approx(det.threshold)
+        assert bool(r.is_anomalous) == verdict or abs(score - det.threshold) < 1e-5
+        assert r.model_version == det.version
+        h, w = amap.shape
+        assert (r.frame_width, r.frame_height) == (w, h)
+        assert r.product == "toy" and r.seq == meta.seq and r.part_id == meta.part_id
+        assert r.heatmap_image_id is not None
+        if r.is_anomalous:
+            assert r.frame_reason == "flagged" and r.frame_image_id is not None
+            flagged += 1
+        elif r.frame_reason == "sampled":
+            sampled += 1
+    assert 0 < flagged < n, "the toy model should flag some of the defective parts and pass some parts"
+    assert sampled > 0
+
+    # the stored heatmap dequantises to the detector's map (within one quantisation step)
+    one = next(r for r in rows if r.frame_id == metas_a[1].frame_id)  # a 96x80 frame
+    with pipeline.engine.connect() as c:
+        img = c.execute(select(Image).where(Image.id == one.heatmap_image_id)).one()
+    from detector.service.imaging import dequantise_heatmap
+
+    hm = dequantise_heatmap(pipeline.db.blobs.get(img.blob_key), one.heatmap_max)
+    amap = direct[metas_a[1].part_id][2]
+    assert hm.shape == amap.shape == (80, 96)
+    assert np.abs(hm - amap).max() <= one.heatmap_max / 255 * 0.5 + 1e-4
+
+    # every bad message is on the dead-letter topic, with its reason and the original bytes
+    dead = pipeline.read_topic("deadletter")
+    assert len(dead) == len(bad), [dict(d.headers) for d in dead]
+    by_id = {}
+    for d in dead:
+        h = dict(d.headers)
+        assert h["lw-dlq-stage"] == b"detector" and h["lw-dlq-reason"]
+        assert h["lw-dlq-topic"] == settings.topic("frames").encode()
+        by_id[h.get("lw-frame-id", b"").decode()] = (h["lw-dlq-code"].decode(), h["lw-dlq-reason"].decode(), d.value)
+    assert by_id["bad-1"][0] == "undecodable" and "truncated" in by_id["bad-1"][1]
+    assert by_id["bad-1"][2] == bad["truncated-jpeg"][0]
+    assert by_id["bad-2"][0] == "schema" and "version" in by_id["bad-2"][1]
+    assert by_id["bad-3"][0] == "empty"
+    assert by_id["bad-4"][0] == "oversized" and by_id["bad-4"][2] == big_png
+    assert by_id["bad-5"][0] == "oversized" and "100000x100000" in by_id["bad-5"][1]
+    assert by_id[""][0] == "schema" and "lw-schema" in by_id[""][1]
+
+    # health, readiness and metrics
+    assert detector.poll() is None
+    status, body = http_get(port, "/healthz")
+    assert status == 200 and json_body(body)["status"] == "ok"
+    status, body = http_get(port, "/readyz")
+    assert status == 200 and json_body(body)["models"]
+    status, body = http_get(port, "/metrics")
+    text = body.decode()
+    assert metric_value(text, "linewatch_detector_frames_total") == n
+    assert metric_value(text, "linewatch_detector_flagged_total") == flagged
+    assert metric_value(text, "linewatch_detector_errors_total", {"reason": "oversized"}) == 2
+    assert metric_value(text, "linewatch_detector_errors_total", {"reason": "schema"}) == 2
+    assert metric_value(text, "linewatch_detector_dead_letters_total") == len(bad)
+    assert metric_value(text, "linewatch_detector_consumer_lag_total") == 0
+    assert "linewatch_detector_batch_seconds_bucket" in text
+    assert metric_value(text, "linewatch_detector_model_info",
+                        {"path": str(Path(pipeline_checkpoint).resolve()), "version": det.version}) == 1
+
+    # structured logs
+    log_text = pipeline.logs(tail=10**6)
+    assert 'msg=batch records=' in log_text and "level=warning" in log_text and "code=undecodable" in log_text
+
+    # SIGTERM: finish, commit, exit 0
+    detector.send_signal(signal.SIGTERM)
+    writer.send_signal(signal.SIGTERM)
+    assert detector.wait(60) == 0, pipeline.logs()
+    assert writer.wait(60) == 0, pipeline.logs()
+    assert pipeline.rows() == n
+
+
+def test_sigkill_of_detector_and_writer_mid_stream_loses_and_duplicates_nothing(pipeline, frames_dir):
+    settings = pipeline.settings
+    n = 80
+    port = free_port()
+    writer = pipeline.start_writer("--batch-size", "8", "--max-wait-ms", "100")
+    detector = pipeline.start_detector("--max-batch", "4", "--max-wait-ms", "20", http_port=port)
+    pipeline.wait_ready(port, detector)
+
+    published: list = []
+    errors: list = []
+
+    def publish() -> None:
+        try:
+            published.extend(publish_folder(settings, frames_dir, camera_id="cam-k", product="toy", encoding="png",
+                                            fps=10, limit=n, loop=True, partitions=None))
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    t = threading.Thread(target=publish, daemon=True)
+    t.start()
+
+    wait_for(lambda: pipeline.rows() >= 12, 60, "the first rows", [writer, detector], pipeline.logs, interval=0.05)
+    detector.kill()  # SIGKILL, mid-stream: frames keep coming
+    detector.wait(10)
+    assert t.is_alive(), "the detector should be killed while frames are still being published"
+    detector = pipeline.start_detector("--max-batch", "4", "--max-wait-ms", "20")
+    wait_for(lambda: pipeline.rows() >= 40, 90, "rows after the detector restart", [writer, detector],
+             pipeline.logs, interval=0.05)
+    writer.kill()  # SIGKILL the writer too
+    writer.wait(10)
+    rows_at_kill = pipeline.rows()
+    assert rows_at_kill < n, "the writer should be killed before every frame is stored"
+    writer = pipeline.start_writer("--batch-size", "8", "--max-wait-ms", "100")
+
+    t.join(60)
+    assert not errors, errors
+    assert len(published) == n
+    wait_for(lambda: pipeline.rows() >= n, 120, f"{n} rows", [writer, detector], pipeline.logs)
+    wait_for(lambda: pipeline.caught_up(pipeline.detector_group, "frames"), 30, "detector caught up", [detector],
+             pipeline.logs)
+    wait_for(lambda: pipeline.caught_up(pipeline.writer_group, "results"), 30, "writer caught up", [writer],
+             pipeline.logs)
+
+    ids = [r.frame_id for r in pipeline.inspections()]
+    assert len(ids) == n and len(set(ids)) == n
+    assert set(ids) == {m.frame_id for m in published}
+    results = pipeline.read_topic("results")
+    # replays after the SIGKILL may repeat results (same frame id, same score); the writer stores each once
+    assert len(results) >= n
+    print(f"results on the topic: {len(results)} for {n} frames; rows when the writer was killed: {rows_at_kill}")
+    assert not pipeline.read_topic("deadletter", idle_s=0.5)
