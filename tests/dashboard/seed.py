@@ -90,9 +90,10 @@ def seed(db, now: datetime | None = None, per_camera: int = 40) -> Seeded:
         older = s.execute(
             select(Inspection.id, Inspection.camera_id).where(Inspection.is_anomalous.is_(True))
             .where(Inspection.captured_at < now - timedelta(hours=2))
+            .order_by(Inspection.camera_id, Inspection.captured_at)
         ).all()
-        for k, (iid, _cam) in enumerate(older):  # some history: the usual-period flags are reviewed
-            add_feedback(s, iid, "defect_confirmed" if k % 2 == 0 else "false_alarm", "olga",
+        for iid, cam in older:  # the usual-period flags are reviewed: defects on *1 cameras, false alarms on *2
+            add_feedback(s, iid, "defect_confirmed" if cam.endswith("1") else "false_alarm", "olga",
                          at=now - timedelta(hours=20))
     with write_session(db.engine) as s:
         flagged = s.execute(
