@@ -15,10 +15,11 @@
 # in that directory is reused.  When the script runs as root, the server runs as the
 # `postgres` user (PostgreSQL refuses root).
 #
-# Being sourced, this file installs no trap and does not change the caller's shell options;
-# when sourced it also registers `lw_postgres_stop` with an EXIT trap only if the caller has no
-# EXIT trap of its own (LINEWATCH_PG_NO_TRAP=1 disables that; the caller then calls
-# lw_postgres_stop itself).  If PostgreSQL is not installed, it warns and exports nothing: the
+# Being sourced, it does not change the caller's shell options.  When it started the server
+# itself, it registers `lw_postgres_stop` as the caller's EXIT trap, unless the caller already
+# has an EXIT trap (or sets LINEWATCH_PG_NO_TRAP=1): the caller then calls lw_postgres_stop
+# itself.  A server that was already running (started by another shell) is reused and left
+# running for its owner.  If PostgreSQL is not installed, it warns and exports nothing: the
 # PostgreSQL test parameters then skip with a reason.
 
 _lw_pg_dir="${LINEWATCH_PG_DIR:-/tmp/linewatch-pg-$(id -u)}"
@@ -66,6 +67,7 @@ lw_postgres_start() {
     return 0
   }
   if lw_postgres_status; then
+    # someone (this shell earlier, or another run) already started it: reuse, and leave it to them
     port="$(cat "$_lw_pg_dir/port")"
   else
     rm -rf "$_lw_pg_dir"
@@ -82,6 +84,7 @@ lw_postgres_start() {
     _lw_pg_as "$bin/createdb" -h "$_lw_pg_dir" -p "$port" -U postgres "$_lw_pg_db" \
       || { echo "[postgres] createdb failed" >&2; return 1; }
     echo "[postgres] started a throwaway server on 127.0.0.1:$port (data in $_lw_pg_dir)"
+    _LW_PG_STARTED_HERE=1
   fi
   export LINEWATCH_TEST_POSTGRES_URL="postgresql+psycopg://postgres@127.0.0.1:$port/$_lw_pg_db"
 }
@@ -98,9 +101,11 @@ lw_postgres_stop() {
 }
 
 if [ "${BASH_SOURCE[0]}" != "$0" ]; then
-  # sourced: start, and stop at the caller's exit unless it manages that itself
+  # sourced: start (or reuse), and stop at the caller's exit what this shell started,
+  # unless the caller manages that itself
+  _LW_PG_STARTED_HERE="${_LW_PG_STARTED_HERE:-0}"
   lw_postgres_start || echo "[postgres] continuing without PostgreSQL" >&2
-  if [ -n "${LINEWATCH_TEST_POSTGRES_URL:-}" ] && [ "${LINEWATCH_PG_NO_TRAP:-0}" != 1 ] && [ -z "$(trap -p EXIT)" ]; then
+  if [ "$_LW_PG_STARTED_HERE" = 1 ] && [ "${LINEWATCH_PG_NO_TRAP:-0}" != 1 ] && [ -z "$(trap -p EXIT)" ]; then
     trap 'lw_postgres_stop' EXIT
   fi
 else
