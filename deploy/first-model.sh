@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Train a quick first detector on the line simulator's normal parts, unless one exists already.
+#
+#   bash deploy/first-model.sh OUT.pt [PRODUCT]
+#
+# Used by the local stack (deploy/local/stack.py), the Compose `first-model` service and the
+# Kubernetes `first-model` Job, so that a fresh installation scores frames from its first minutes.
+# It calls the project's own commands only:
+#
+#   linewatch-ingest sim-write -n N WORK/train/good      (defect-free simulated parts)
+#   linewatch-detector train --data WORK --out OUT ...    (EAR + FADeR, small and short)
+#
+# The model is deliberately small (128 px input, 16 channels, a few epochs): it takes a few
+# minutes on 2 CPU cores and is good enough to flag the simulator's painted defects.  It is a
+# placeholder until the nightly `linewatch-detector retrain --product P` has real captures.
+# Idempotent: exits 0 at once when OUT exists; writes OUT atomically (a crash leaves no half file).
+#
+# Environment (all optional):
+#   LINEWATCH_FIRST_MODEL_PARTS    simulated normal parts to train on (default 96)
+#   LINEWATCH_FIRST_MODEL_EPOCHS   EAR epochs; FADeR gets half (default 8)
+#   LINEWATCH_FIRST_MODEL_SIZE     model input size, multiple of 32 (default 128)
+#   LINEWATCH_FIRST_MODEL_DEVICE   auto | cpu | cuda (default auto)
+#   LINEWATCH_SHARED_DIR           where models/tf_efficientnet_lite0_in1k.safetensors is (the masker's
+#                                  ImageNet weights; see detector --help)
+set -euo pipefail
+
+out="${1:-}"
+product="${2:-flange}"
+if [ -z "$out" ] || [ "$out" = "-h" ] || [ "$out" = "--help" ]; then
+  sed -n '2,24p' "$0" >&2
+  [ -n "$out" ] && exit 0 || exit 2
+fi
+if [ -s "$out" ]; then
+  echo "[first-model] $out exists: reusing it" >&2
+  exit 0
+fi
+
+parts="${LINEWATCH_FIRST_MODEL_PARTS:-96}"
+epochs="${LINEWATCH_FIRST_MODEL_EPOCHS:-8}"
+size="${LINEWATCH_FIRST_MODEL_SIZE:-128}"
+device="${LINEWATCH_FIRST_MODEL_DEVICE:-auto}"
+
+mkdir -p "$(dirname "$out")"
+work="$(mktemp -d "$(dirname "$out")/.first-model.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+echo "[first-model] no model at $out: training a quick one on $parts simulated normal parts ($product)" >&2
+linewatch-ingest sim-write -n "$parts" --seed 1000 "$work/data/train/good" >&2
+linewatch-detector train --data "$work/data" --out "$work/model.pt" --product "$product" \
+  --image-size "$size" --channels 16 --masker-input-size "$size" \
+  --mosaic-scale 8 --mask-quantile 0.5 \
+  --epochs-ear "$epochs" --epochs-fader "$(( (epochs + 1) / 2 ))" --batch-size 8 \
+  --device "$device" --json "$work/train.json" >&2
+mv "$work/train.json" "${out%.pt}.train.json"
+mv "$work/model.pt" "$out"
+echo "[first-model] wrote $out" >&2

@@ -1,0 +1,340 @@
+"""CI checks of the deployments it cannot run: Kubernetes, Compose, systemd.
+
+* Kubernetes (deploy/k8s): every object against the Kubernetes API schemas (kubernetes-validate,
+  strict: an unknown field fails); KEDA's ScaledObject (a CRD, not in those schemas) against KEDA's
+  CRD-generated pydantic models (cloudcoil.models.keda), strictly too: the document must survive a
+  round trip unchanged, so a misspelt field fails; kustomization.yaml lists every manifest.
+* Compose (deploy/compose): compose.yaml against the Compose specification's JSON schema that
+  check-jsonschema vendors (``vendor.compose-spec``), with the real CLI; the CPU override merged
+  the way Compose does (``!reset`` removes the key) and validated again.
+* systemd (deploy/systemd): ``systemd-analyze verify`` on the units, with the install paths
+  (/opt/linewatch/venv, /opt/linewatch/src, /etc/linewatch) pointed at this checkout; skipped
+  where systemd-analyze is missing.
+
+Plus what ties the files together: probes point at the paths the services really serve, the
+scheduled retraining runs the command the issue names, the image copies the scripts that the
+manifests call.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+COMPOSE = REPO / "deploy" / "compose"
+SYSTEMD = REPO / "deploy" / "systemd"
+
+K8S_FILES = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+RETRAIN = ["linewatch-detector", "retrain", "--product"]
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _all_k8s() -> list[tuple[str, dict]]:
+    return [(p.name, d) for p in K8S_FILES for d in _docs(p)]
+
+
+def _pod_specs(doc: dict) -> list[dict]:
+    spec = doc.get("spec", {})
+    if doc["kind"] == "CronJob":
+        return [spec["jobTemplate"]["spec"]["template"]["spec"]]
+    if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
+        return [spec["template"]["spec"]]
+    return []
+
+
+# ------------------------------------------------------------------------------------ kubernetes
+
+@pytest.mark.parametrize("path", K8S_FILES, ids=lambda p: p.name)
+def test_k8s_manifest_matches_api_schema(path):
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    docs = _docs(path)
+    assert docs, f"{path.name} holds no object"
+    for doc in docs:
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue  # a CRD: test_keda_scaledobject_matches_crd
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_k8s_validation_rejects_a_misspelt_field():
+    """The strict schema check really looks inside the pod template (guards the test above)."""
+    import kubernetes_validate
+
+    doc = copy.deepcopy(_docs(K8S / "writer.yaml")[0])
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    container["livenessProbe"]["httpGett"] = container["livenessProbe"].pop("httpGet")
+    with pytest.raises(kubernetes_validate.ValidationError, match="httpGett"):
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def _validate_scaledobject(doc: dict) -> None:
+    from cloudcoil.models.keda.v1alpha1 import ScaledObject
+
+    obj = ScaledObject.model_validate(doc)
+    round_trip = obj.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    if round_trip != doc:
+        raise ValueError(f"fields the ScaledObject CRD does not know: {json.dumps(doc)} -> {json.dumps(round_trip)}")
+
+
+def test_keda_scaledobject_matches_crd():
+    pytest.importorskip("cloudcoil.models.keda", reason="cloudcoil.models.keda (test extra) not installed")
+    [doc] = _docs(K8S / "detector-scaledobject.yaml")
+    _validate_scaledobject(doc)
+
+    bad = copy.deepcopy(doc)
+    bad["spec"]["maxReplicaCount"] = "six"
+    with pytest.raises(Exception, match="maxReplicaCount"):
+        _validate_scaledobject(bad)
+    typo = copy.deepcopy(doc)
+    typo["spec"]["cooldownPeriods"] = typo["spec"].pop("cooldownPeriod")
+    with pytest.raises(ValueError, match="does not know"):
+        _validate_scaledobject(typo)
+
+
+def test_keda_scales_the_detector_on_its_group_and_topic():
+    """The scaler watches the consumer group and frames topic the detector really uses."""
+    from detector.service.settings import ServiceSettings
+    from ingest.kafka_config import KafkaSettings
+
+    [so] = _docs(K8S / "detector-scaledobject.yaml")
+    config = _docs(K8S / "config.yaml")[0]["data"]
+    [trigger] = so["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert meta["consumerGroup"] == ServiceSettings().group
+    kafka = KafkaSettings(topic_prefix=config["LINEWATCH_TOPIC_PREFIX"])
+    assert meta["topic"] == kafka.topic("frames")
+    assert meta["bootstrapServers"].split(".")[0] == config["LINEWATCH_KAFKA_BOOTSTRAP"].split(":")[0]
+    deployments = {d["metadata"]["name"] for _, d in _all_k8s() if d["kind"] == "Deployment"}
+    assert so["spec"]["scaleTargetRef"]["name"] in deployments
+    # more detectors than partitions would idle: the init Job creates 6
+    init = " ".join(_pod_specs(_docs(K8S / "init-job.yaml")[0])[0]["containers"][0]["command"])
+    partitions = int(re.search(r"topics --partitions (\d+)", init).group(1))
+    assert so["spec"]["maxReplicaCount"] <= partitions
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_example():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    present = {p.name for p in K8S_FILES}
+    assert listed == present - {"secret.example.yaml"}
+    assert all(d["metadata"].get("namespace", "linewatch") == "linewatch" for _, d in _all_k8s())
+
+
+def test_k8s_probes_secrets_and_gpu_retraining():
+    by_name = {(d["kind"], d["metadata"]["name"]): d for _, d in _all_k8s()}
+    probes = {}
+    for (kind, name), doc in by_name.items():
+        for spec in _pod_specs(doc):
+            for c in spec["containers"]:
+                probes[name] = (c.get("livenessProbe"), c.get("readinessProbe"))
+                # credentials only from Secrets: no literal password or database URL in a pod
+                for env in c.get("env", []):
+                    if any(k in env["name"] for k in ("PASSWORD", "DATABASE_URL")):
+                        assert "secretKeyRef" in env.get("valueFrom", {}), (name, env)
+    live, ready = probes["detector"]
+    assert live["httpGet"]["path"] == "/healthz" and ready["httpGet"]["path"] == "/readyz"
+    live, ready = probes["writer"]
+    assert live["httpGet"]["path"] == "/healthz" and ready["httpGet"]["path"] == "/readyz"
+    live, ready = probes["dashboard"]
+    assert live["httpGet"]["path"] == ready["httpGet"]["path"] == "/_stcore/health"
+    config = _docs(K8S / "config.yaml")[0]["data"]
+    assert not any("PASSWORD" in k for k in config)
+
+    cron = by_name[("CronJob", "retrain-flange")]
+    pod = _pod_specs(cron)[0]
+    [c] = pod["containers"]
+    assert c["args"][:3] == RETRAIN
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (kustomize build)")
+def test_kustomize_builds():
+    out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
+    assert kinds.count("Deployment") == 4 and "ScaledObject" in kinds and "CronJob" in kinds
+    assert "Secret" not in kinds
+    assert "image: linewatch:0.1.0" in out.stdout
+
+
+# ----------------------------------------------------------------------------------------- compose
+
+def _compose_schema() -> dict:
+    path = resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
+    return json.loads(path.read_text())
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML with Compose's `!reset` (remove the key when merging) and `!override` tags."""
+
+
+class _Reset:
+    pass
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: _Reset())
+_ComposeLoader.add_constructor(
+    "!override", lambda loader, node: loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.MappingNode) else loader.construct_sequence(node, deep=True))
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, _Reset):
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def test_compose_file_matches_compose_spec():
+    # the real tool, with the schema it vendors
+    out = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(COMPOSE / "compose.yaml")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_compose_validation_rejects_a_misspelt_field():
+    import jsonschema
+
+    doc = yaml.load((COMPOSE / "compose.yaml").read_text(), Loader=_ComposeLoader)
+    jsonschema.validate(doc, _compose_schema())
+    doc["services"]["detector"]["healthchek"] = doc["services"]["detector"].pop("healthcheck")
+    with pytest.raises(jsonschema.ValidationError, match="healthchek"):
+        jsonschema.validate(doc, _compose_schema())
+
+
+def test_compose_cpu_override_drops_only_the_gpu_reservations():
+    import jsonschema
+
+    base = yaml.load((COMPOSE / "compose.yaml").read_text(), Loader=_ComposeLoader)
+    override = yaml.load((COMPOSE / "compose.cpu.yaml").read_text(), Loader=_ComposeLoader)
+    gpu = [name for name, s in base["services"].items()
+           if s.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")]
+    assert sorted(gpu) == ["detector", "retrain"]
+    assert all(d["capabilities"] == ["gpu"] for d in base["services"]["detector"]["deploy"]["resources"]
+               ["reservations"]["devices"])
+    merged = _merge(base, override)
+    jsonschema.validate(merged, _compose_schema())
+    assert not any("deploy" in s for s in merged["services"].values())
+    assert merged["services"]["detector"]["command"] == base["services"]["detector"]["command"]
+
+
+def test_compose_services_and_wiring():
+    doc = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+    services = doc["services"]
+    assert {"kafka", "postgres", "init", "first-model", "ingest", "detector", "writer", "dashboard",
+            "retrain"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert services["postgres"]["image"].startswith("postgres:")
+    retrain = services["retrain"]["command"]
+    assert retrain[:2] == ["bash", "/app/deploy/nightly.sh"] and retrain[3:6] == RETRAIN
+    # the same broker version as the development broker (deploy/kafka/pom.xml)
+    pom = (REPO / "deploy" / "kafka" / "pom.xml").read_text()
+    version = re.search(r"<kafka.version>(.*)</kafka.version>", pom).group(1)
+    assert services["kafka"]["image"] == f"apache/kafka:{version}"
+    # every linewatch service runs the one image built from the Dockerfile
+    app = {n for n, s in services.items() if s.get("build")}
+    assert app == set(services) - {"kafka", "postgres"}
+    assert len({services[n]["image"] for n in app}) == 1
+    # the env file with the passwords is never committed
+    assert ".env" in (COMPOSE / ".gitignore").read_text().split()
+
+
+def test_image_ships_the_scripts_the_deployments_call():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    for script in ("deploy/first-model.sh", "deploy/nightly.sh"):
+        assert script in dockerfile and (REPO / script).is_file()
+        assert not any(script == i or script.startswith(i.rstrip("/") + "/") for i in ignored), script
+    assert "deploy/local" in ignored and "tests" in ignored
+
+
+# ------------------------------------------------------------------------------------------ systemd
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_units_verify(tmp_path):
+    venv = Path(sys.executable).parent.parent
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    shutil.copy(SYSTEMD / "linewatch.env.example", etc / "linewatch.env")
+    shutil.copy(SYSTEMD / "camera-cam-1.env.example", etc / "camera-cam-1.env")
+    units = []
+    for unit in sorted(SYSTEMD.glob("linewatch*.*")):
+        if unit.suffix not in (".service", ".timer", ".target"):
+            continue
+        text = (unit.read_text().replace("/opt/linewatch/venv", str(venv))
+                .replace("/opt/linewatch/src", str(REPO)).replace("/etc/linewatch/", f"{etc}/"))
+        names = [unit.name]
+        if "@." in unit.name:  # a template is verified as an instance
+            names = [unit.name.replace("@.", "@cam-1." if "ingest" in unit.name else "@flange.")]
+        for name in names:
+            (tmp_path / name).write_text(text)
+            units.append(name)
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no", *units], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "SYSTEMD_LOG_LEVEL": "notice"})
+    # unknown keys and bad assignments are only warnings (exit 0): any output fails the test
+    assert out.returncode == 0 and not out.stderr.strip() and not out.stdout.strip(), out.stdout + out.stderr
+    assert {"linewatch-detector.service", "linewatch-retrain@flange.timer"} <= set(units)
+
+
+def test_systemd_timer_runs_the_nightly_retraining():
+    service = (SYSTEMD / "linewatch-retrain@.service").read_text()
+    timer = (SYSTEMD / "linewatch-retrain@.timer").read_text()
+    assert re.search(r"^ExecStart=\S+/linewatch-detector retrain --product %i$", service, re.M)
+    assert re.search(r"^OnCalendar=\*-\*-\* 02:30:00$", timer, re.M) and "Persistent=true" in timer
+    for unit in SYSTEMD.glob("*.service"):
+        text = unit.read_text()
+        if "linewatch-kafka" in unit.name:
+            continue
+        assert "EnvironmentFile=/etc/linewatch/linewatch.env" in text, unit.name
+
+
+# ---------------------------------------------------------------------------------------- scheduler
+
+def test_nightly_scheduler_rejects_bad_time_and_stops_on_sigterm(tmp_path):
+    import signal
+    import time
+
+    bad = subprocess.run(["bash", str(REPO / "deploy" / "nightly.sh"), "25:00", "true"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "usage" in bad.stderr
+    marker = tmp_path / "ran"
+    proc = subprocess.Popen(["bash", str(REPO / "deploy" / "nightly.sh"), "00:00", "touch", str(marker)],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        line = proc.stderr.readline()
+        assert "next run at" in line and time.monotonic() < deadline
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not marker.exists()
