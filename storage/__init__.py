@@ -6,6 +6,8 @@
 * :mod:`storage.blobs` — blob store interface: local directory (default) or database
 * :mod:`storage.results` — idempotent batch insert of detector results
 * :mod:`storage.feedback`, :mod:`storage.users`, :mod:`storage.thresholds` — write-side helpers
+* :mod:`storage.registry` — model versions (candidate / active / retired / rejected)
+* :mod:`storage.queries` — read side for the dashboard
 * :mod:`storage.writer` — ``linewatch-storage writer``: results topic -> database
 * :mod:`storage.retention` — ``linewatch-storage purge``
 * :mod:`storage.cli` — the ``linewatch-storage`` command

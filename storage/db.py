@@ -124,19 +124,14 @@ def insert_ignore(session: Session, table: Table, rows: Sequence[dict[str, Any]]
         from sqlalchemy.dialects.postgresql import insert
     else:  # pragma: no cover - make_engine refuses other dialects
         raise ValueError(f"unsupported dialect {dialect}")
-    inserted = 0
-    # a multi-row VALUES statement per chunk; RETURNING lists only the rows really inserted
-    chunk = max(1, 30_000 // max(1, len(rows[0])))
-    for start in range(0, len(rows), chunk):
-        part = list(rows[start:start + chunk])
-        stmt = (
-            insert(table)
-            .values(part)
-            .on_conflict_do_nothing(index_elements=list(conflict_cols))
-            .returning(table.c[conflict_cols[0]])
-        )
-        inserted += len(session.execute(stmt).all())
-    return inserted
+    # executemany + RETURNING: SQLAlchemy batches it into multi-row INSERTs ("insertmanyvalues")
+    # with a cached compiled statement; RETURNING lists only the rows really inserted
+    stmt = (
+        insert(table)
+        .on_conflict_do_nothing(index_elements=list(conflict_cols))
+        .returning(table.c[conflict_cols[0]])
+    )
+    return len(session.execute(stmt, list(rows)).all())
 
 
 # --------------------------------------------------------------------------- migrations

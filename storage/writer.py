@@ -16,8 +16,8 @@
   committed meanwhile).
 * On a partition revocation (rebalance) the pending batch is stored and committed first.
 * SIGTERM / SIGINT: the current batch is finished and committed, then the writer exits 0.
-* ``--http-port`` serves ``/healthz`` (200 while the poll loop is alive) and ``/metrics``
-  (Prometheus).
+* ``--http-port`` serves ``/healthz`` and ``/readyz`` (200 while the poll loop is alive: it
+  polled within the last 60 s) and ``/metrics`` (Prometheus).
 """
 
 from __future__ import annotations
@@ -341,7 +341,7 @@ def serve_http(writer: ResultWriter, port: int, host: str = "0.0.0.0") -> Thread
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             if self.path.startswith("/metrics"):
                 body, ctype, code = generate_latest(writer.metrics.registry), CONTENT_TYPE_LATEST, 200
-            elif self.path.startswith("/healthz") or self.path == "/":
+            elif self.path.startswith(("/healthz", "/readyz")) or self.path == "/":
                 age = time.time() - writer.last_poll if writer.last_poll else None
                 ok = age is not None and age < 60
                 body = json.dumps({"status": "ok" if ok else "starting" if age is None else "stalled",

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from storage.models import Camera, Image, Inspection, Line
 from storage.results import InvalidResult, store_results, validate_result
 
-from .helpers import make_result, png
+from .helpers import T0, make_result, png
 
 
 def _count(db, model=Inspection) -> int:
@@ -108,3 +108,16 @@ def test_validate_result_rejects(update, reason):
     with pytest.raises(InvalidResult, match=reason):
         validate_result(r)
     validate_result(make_result(1))
+
+
+def test_insert_ignore_counts_only_new_rows(storage_db):
+    from storage.db import insert_ignore, write_session
+    from storage.models import Line
+
+    rows = [{"id": f"l{i}", "name": None, "created_at": T0} for i in range(5)]
+    with write_session(storage_db.engine) as s:
+        assert insert_ignore(s, Line.__table__, rows[:3], ["id"]) == 3
+        assert insert_ignore(s, Line.__table__, rows, ["id"]) == 2
+        assert insert_ignore(s, Line.__table__, rows, ["id"]) == 0
+        assert insert_ignore(s, Line.__table__, [], ["id"]) == 0
+    assert _count(storage_db, Line) == 5
