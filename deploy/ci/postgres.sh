@@ -31,13 +31,14 @@ _lw_pg_bin() {
   [ -n "$d" ] && [ -x "$d/initdb" ] && echo "$d"
 }
 
-# run a PostgreSQL tool as the cluster's owner
+# run a PostgreSQL tool as the cluster's owner (from /, which that user can always enter:
+# the caller's directory may be one it cannot, e.g. under /root)
 _lw_pg_as() {
   if [ "$(id -u)" -eq 0 ]; then
     if command -v runuser >/dev/null 2>&1; then
-      runuser -u postgres -- "$@"
+      (cd / && runuser -u postgres -- "$@")
     else
-      su postgres -s /bin/sh -c "$(printf '%q ' "$@")"
+      (cd / && su postgres -s /bin/sh -c "$(printf '%q ' "$@")")
     fi
   else
     "$@"
