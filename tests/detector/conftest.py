@@ -10,7 +10,15 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LINEWATCH_SHARED_DIR", REPO.parent / "shared"))
 LITE0 = SHARED / "models" / "tf_efficientnet_lite0_in1k.safetensors"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: much faster than two when other jobs share a small CPU (CI, shared dev box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def masker_config(input_size: int = 64):
@@ -29,14 +37,14 @@ def tiny_config(fader: bool = True, **kw):
                           masker=masker_config(), fader=FaderConfig() if fader else None, **kw)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def toy_dataset(tmp_path_factory) -> Path:
     from detector.synthetic import make_toy_dataset
 
     return make_toy_dataset(tmp_path_factory.mktemp("toy") / "toy", n_train=32, n_good=10, n_bad=10, size=64, seed=0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def trained(tmp_path_factory, toy_dataset):
     """A tiny EAR + FADeR model trained on the toy data (shared by several tests)."""
     from detector.training import TrainConfig
