@@ -258,8 +258,20 @@ class ResultWriter:
                 if self._stop.is_set():
                     final = True
         # dead letters must be acknowledged before the offsets move past them
-        if p.dead:
-            self._send_dead_letters(p.dead)
+        delay = 0.5
+        while p.dead:
+            try:
+                self._send_dead_letters(p.dead)
+                break
+            except Exception as exc:  # noqa: BLE001 - KafkaError, timeouts: the broker is unwell
+                if self._stop.is_set():
+                    log.error("could not send %d dead letters at shutdown (%s); the batch will be replayed",
+                              len(p.dead), _one_line(exc))
+                    self._pending = _Pending()
+                    return False
+                log.error("sending dead letters failed (%s); retrying in %.1fs", _one_line(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
         self._commit(p.offsets)
         self.metrics.stored.inc(inserted)
         self.metrics.duplicates.inc(dupes)
