@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +68,7 @@ def _schema_url(base: str, schema: str) -> str:
 
 
 def make_test_database(backend: str, tmp_path: Path, pg_url: str | None = None,
-                       migrate: bool = True) -> tuple[TestDatabase, callable]:
+                       migrate: bool = True) -> tuple[TestDatabase, Callable[[], None]]:
     """Build a database for a test; returns it and a cleanup function."""
     data_dir = tmp_path / "lwdata"
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -276,3 +276,28 @@ def test_health_and_metrics_endpoint(line):
         writer.send_signal(signal.SIGTERM)
         assert writer.wait(60) == 0
     assert os.path.exists(line.log_dir / "writer-0.log")
+
+
+def test_writer_with_the_database_blob_store(line):
+    from storage.blobs import DatabaseBlobStore
+    from storage.models import Blob
+
+    line.env["LINEWATCH_BLOB_STORE"] = "database"
+    results = _results(20)
+    line.publish(results)
+    writer = line.start_writer("--max-wait-ms", "100")
+    try:
+        wait_for(lambda: line.rows() == 20, 60, "20 rows", writer)
+        store = DatabaseBlobStore(line.db.engine)
+        with line.db.session() as s:
+            assert s.scalar(select(func.count()).select_from(Blob)) == 20 + sum(r.frame_image is not None
+                                                                              for r in results)
+            for insp in s.scalars(select(Inspection)):
+                assert store.get(insp.heatmap_image.blob_key)
+        assert not list(line.db.blobs.iter_keys())  # nothing went to the local directory
+    except BaseException:
+        print(line.logs())
+        raise
+    finally:
+        writer.send_signal(signal.SIGTERM)
+        assert writer.wait(60) == 0
