@@ -2,10 +2,11 @@
 
 Run:  ``streamlit run dashboard/app.py``  or  ``python -m dashboard [--port N]``.
 
-Nothing but the login form is registered until someone logs in; then the pages their role
-allows: Live, Review, History for everyone; Thresholds for engineers and admins; Users for
-admins.  A page that is not registered for the session cannot be opened, even by URL, and
-each page checks the role again itself.
+Before login every URL (``/``, ``/review``, ``/thresholds``, ...) shows the login form and
+nothing else; after login the same URL opens the page, if the role allows it.  Pages by role:
+Live, Review, History for everyone; Thresholds for engineers and admins; Users for admins.
+A page the role does not allow is answered by a "not allowed" notice (and is not linked in the
+sidebar); each page also checks the role itself.
 """
 
 from __future__ import annotations
@@ -21,24 +22,35 @@ st.set_page_config(page_title="linewatch", page_icon=":mag:", layout="wide")
 
 VIEWS = Path(__file__).with_name("views")
 
+# (url path, title, icon, least role)
+PAGES = [
+    ("live", "Live", ":material/monitoring:", "operator"),
+    ("review", "Review", ":material/fact_check:", "operator"),
+    ("history", "History", ":material/history:", "operator"),
+    ("thresholds", "Thresholds", ":material/tune:", "engineer"),
+    ("users", "Users", ":material/group:", "admin"),
+]
+
 user = current_user()
 if user is None:
-    page = st.navigation([st.Page(VIEWS / "login.py", title="Log in", url_path="login", default=True)],
-                         position="hidden")
-    page.run()
+    login = VIEWS / "login.py"
+    pages = [st.Page(login, title="Log in", url_path="login", default=True)]
+    pages += [st.Page(login, title="Log in", url_path=path) for path, *_ in PAGES]
+    st.navigation(pages, position="hidden").run()
 else:
-    pages = [
-        st.Page(VIEWS / "live.py", title="Live", icon=":material/monitoring:", url_path="live", default=True),
-        st.Page(VIEWS / "review.py", title="Review", icon=":material/fact_check:", url_path="review"),
-        st.Page(VIEWS / "history.py", title="History", icon=":material/history:", url_path="history"),
-    ]
-    if role_allows(user.role, "engineer"):
-        pages.append(st.Page(VIEWS / "thresholds.py", title="Thresholds", icon=":material/tune:",
-                             url_path="thresholds"))
-    if role_allows(user.role, "admin"):
-        pages.append(st.Page(VIEWS / "users.py", title="Users", icon=":material/group:", url_path="users"))
-    page = st.navigation(pages)
+    allowed, denied = [], []
+    for path, title, icon, needed in PAGES:
+        if role_allows(user.role, needed):
+            allowed.append(st.Page(VIEWS / f"{path}.py", title=title, icon=icon, url_path=path,
+                                   default=path == "live"))
+        else:
+            denied.append(st.Page(VIEWS / "denied.py", title=title, url_path=path))
+    page = st.navigation(allowed + denied, position="hidden")
     with st.sidebar:
+        st.markdown("### linewatch")
+        for p in allowed:
+            st.page_link(p)
+        st.divider()
         st.markdown(f"**{user.username}** · {user.role}")
         if st.button("Log out", key="logout"):
             log_out()
