@@ -4,7 +4,9 @@ Subcommands are registered from a list of :class:`Command` objects; other module
 (e.g. ``serve`` from ``detector.service``) by listing the module in :data:`PLUGIN_MODULES` and
 defining there either ``COMMANDS = [Command(...), ...]`` or ``register(subparsers)`` (which calls
 ``subparsers.add_parser(...)`` and ``parser.set_defaults(func=run)``, ``run(args) -> int``).
-A plugin module that does not exist yet is skipped silently.
+Packages downstream of detector (which detector must not import by name) add theirs through the
+entry-point group ``linewatch.detector_commands`` (``[project.entry-points."linewatch.detector_commands"]``
+in pyproject.toml, value = such a module).  A plugin module that does not exist is skipped silently.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Callable
 
 PROG = "linewatch-detector"
 PLUGIN_MODULES = ("detector.service.cli",)
+ENTRY_POINT_GROUP = "linewatch.detector_commands"
 
 
 @dataclass
@@ -329,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in COMMANDS:
         add_command(sub, cmd)
-    for name in PLUGIN_MODULES:
+    for name in (*PLUGIN_MODULES, *_entry_point_modules()):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -341,6 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
         for cmd in getattr(mod, "COMMANDS", []):
             add_command(sub, cmd)
     return parser
+
+
+def _entry_point_modules() -> list[str]:
+    """Modules of the ``linewatch.detector_commands`` entry points (downstream packages' commands,
+    e.g. storage's ``retrain``/``rollback``/``models``: detector never imports them by name)."""
+    from importlib.metadata import entry_points
+
+    return [ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)]
 
 
 def main(argv: list[str] | None = None) -> int:

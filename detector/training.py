@@ -234,14 +234,21 @@ class StageResult:
 
 
 def train_ear(cfg: DetectorConfig, data: PreparedData, tc: TrainConfig, masker: Masker, device: torch.device,
-              auto_m: bool = True, auto_q: bool = True, progress: bool = True) -> StageResult:
-    """Stage 1. ``cfg.mosaic_scale`` / ``cfg.mask_quantile`` are fixed unless chosen automatically."""
+              auto_m: bool = True, auto_q: bool = True, progress: bool = True,
+              init: AnomalyModel | None = None) -> StageResult:
+    """Stage 1. ``cfg.mosaic_scale`` / ``cfg.mask_quantile`` are fixed unless chosen automatically.
+
+    ``init`` (warm start, e.g. nightly retraining from the active model): the U-Net starts from its
+    weights instead of random ones; ``cfg`` must then be ``init.cfg``'s architecture.
+    """
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     t0 = time.perf_counter()
     cfg = copy.deepcopy(cfg)
     cfg.fader = None
     model = AnomalyModel(cfg, masker).to(device)
+    if init is not None:
+        model.unet.load_state_dict(init.unet.state_dict())
     opt = torch.optim.Adam(model.unet.parameters(), lr=tc.lr)
     n = len(data.train)
     steps_per_epoch = len(_batches(n, tc.batch_size, rng))
@@ -285,8 +292,12 @@ def train_ear(cfg: DetectorConfig, data: PreparedData, tc: TrainConfig, masker: 
 
 
 def train_fader(ear: AnomalyModel, fader_cfg: FaderConfig, data: PreparedData, tc: TrainConfig,
-                device: torch.device, progress: bool = True) -> StageResult:
-    """Stage 2 on a copy of the stage-1 network (the stage-1 model is left untouched)."""
+                device: torch.device, progress: bool = True, init: AnomalyModel | None = None) -> StageResult:
+    """Stage 2 on a copy of the stage-1 network (the stage-1 model is left untouched).
+
+    ``init`` (warm start): the FADeR head starts from ``init``'s head when ``init`` has one of the
+    same configuration.
+    """
     torch.manual_seed(tc.seed + 2)
     rng = np.random.default_rng(tc.seed + 2)
     gen = torch.Generator().manual_seed(tc.seed + 2)
@@ -295,6 +306,8 @@ def train_fader(ear: AnomalyModel, fader_cfg: FaderConfig, data: PreparedData, t
     cfg.fader = copy.deepcopy(fader_cfg)
     model = AnomalyModel(cfg, ear.masker).to(device)
     model.unet.load_state_dict(ear.unet.state_dict())
+    if init is not None and init.fader is not None and init.cfg.fader == cfg.fader:
+        model.fader.load_state_dict(init.fader.state_dict())
     for p in model.unet.encoder.parameters():
         p.requires_grad_(False)
     head_params = list(model.fader.head.parameters())

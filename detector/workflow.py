@@ -74,26 +74,43 @@ def build_meta(model: AnomalyModel, data: PreparedData, tc: TrainConfig, product
     }
 
 
-def train_from_folder(data_root: str | Path, out: str | Path | None, dcfg: DetectorConfig, tc: TrainConfig,
+def train_from_folder(data_root: str | Path, out: str | Path | None, dcfg: DetectorConfig | None, tc: TrainConfig,
                       variant: str = "fader", auto_m: bool = True, auto_q: bool = True,
-                      product: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train (stage 1 and, unless ``variant == 'ear'``, stage 2), calibrate, evaluate, save."""
+                      product: str | None = None, progress: bool = True,
+                      init_checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Train (stage 1 and, unless ``variant == 'ear'``, stage 2), calibrate, evaluate, save.
+
+    ``init_checkpoint`` (warm start): continue from that checkpoint's weights with its architecture,
+    masker, mosaic scale and mask fraction (``dcfg``, ``variant``, ``auto_m``/``auto_q`` are then
+    ignored); used by the nightly retraining.
+    """
     device = resolve_device(tc.device)
     ds = MVTecFolder.open(data_root)
     product = product or ds.name
-    fcfg = fader_config(variant, dcfg.fader)
-    masker = build_masker_for(dcfg, device)
+    init = None
+    if init_checkpoint is not None:
+        init, _, _ = load_model(init_checkpoint, device)
+        dcfg, auto_m, auto_q = copy.deepcopy(init.cfg), False, False
+        variant = "ear" if init.cfg.fader is None else "fader"
+        fcfg = copy.deepcopy(init.cfg.fader)
+        masker = init.masker
+    else:
+        assert dcfg is not None, "a DetectorConfig or an init_checkpoint is needed"
+        fcfg = fader_config(variant, dcfg.fader)
+        masker = build_masker_for(dcfg, device)
     data = prepare(ds, dcfg.image_size, masker, tc, device, progress)
-    s1 = train_ear(dcfg, data, tc, masker, device, auto_m, auto_q, progress)
+    s1 = train_ear(dcfg, data, tc, masker, device, auto_m, auto_q, progress, init=init)
     timings = {"stage1": s1.minutes}
     model = s1.model
     if fcfg is not None:
-        s2 = train_fader(model, fcfg, data, tc, device, progress)
+        s2 = train_fader(model, fcfg, data, tc, device, progress, init=init)
         model = s2.model
         timings["stage2"] = s2.minutes
     timings["total"] = sum(timings.values())
     thr, val_scores = calibrate_on(model, data.val, data.val_sal, tc.target_far)
     meta = build_meta(model, data, tc, product, thr, val_scores, timings, s1.selection, variant)
+    if init_checkpoint is not None:
+        meta["warm_start"] = {"checkpoint": str(init_checkpoint)}
     summary: dict[str, Any] = {"variant": variant, "product": product, "threshold": thr,
                                "mosaic_scale": model.cfg.mosaic_scale, "mask_quantile": model.cfg.mask_quantile,
                                "image_size": model.cfg.image_size, "timings_min": timings,
@@ -109,6 +126,7 @@ def train_from_folder(data_root: str | Path, out: str | Path | None, dcfg: Detec
         summary["checkpoint"] = str(out)
         summary["version"] = sha[:12]
     summary["model"] = model
+    summary["meta"] = meta
     return summary
 
 

@@ -8,28 +8,31 @@ half-registered model: register the candidate only once its artifact is written 
 hashed, and commit the promotion together with whatever else the run records.
 
 The partial unique index ``uq_model_versions_one_active`` guarantees at most one active
-version per product even if two processes race.  Detectors poll :func:`active_version`.
+version per product even if two processes race.
+
+Detectors cannot read these tables (data flows detector -> storage), so :func:`promote` (and
+with it :func:`rollback`) also writes the product's pointer file ``<product>/active.json`` in the
+model store the artifact lives in (:mod:`detector.model_store`), once the transaction has
+committed; detector services watch that file.  :func:`publish_active` rewrites the pointers
+from the database (repair after a crash between the commit and the file write).
 """
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+import logging
+
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
+
+from detector.model_store import ModelStore, file_sha256
 
 from .models import ModelVersion, utcnow
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+log = logging.getLogger(__name__)
 
 
 def active_version(session: Session, product: str) -> ModelVersion | None:
@@ -98,7 +101,36 @@ def promote(session: Session, mv: ModelVersion, promoted_by: str, reason: str | 
     if reason:
         mv.reason = reason
     session.flush()
+    pointer = (mv.product, mv.version, mv.artifact_path, mv.artifact_sha256, mv.promoted_at)
+    # the file follows the database: written only once the promotion is committed
+    event.listen(session, "after_commit", lambda _s: _write_pointer(*pointer), once=True)
     return mv
+
+
+def _write_pointer(product: str, version: str, artifact_path: str, sha256: str, at: datetime | None) -> None:
+    store = ModelStore.of_artifact(artifact_path, product)
+    if store is None:
+        log.warning("model %s/%s: artifact %s is not in a model store (<store>/%s/<version>.ckpt); "
+                    "no active.json written, detectors will not switch to it", product, version, artifact_path,
+                    product)
+        return
+    try:
+        store.write_active(product, version, artifact_path, sha256, at)
+    except Exception:  # noqa: BLE001 - the promotion is committed; publish_active repairs the file
+        log.exception("model %s/%s is active in the database but %s/%s/active.json could not be written",
+                      product, version, store.root, product)
+
+
+def publish_active(session: Session, product: str | None = None) -> list[str]:
+    """(Re)write ``active.json`` for every product with an active version; returns the products."""
+    q = select(ModelVersion).where(ModelVersion.status == "active")
+    if product is not None:
+        q = q.where(ModelVersion.product == product)
+    done = []
+    for mv in session.scalars(q):
+        _write_pointer(mv.product, mv.version, mv.artifact_path, mv.artifact_sha256, mv.promoted_at)
+        done.append(mv.product)
+    return done
 
 
 def reject(session: Session, mv: ModelVersion, reason: str, by: str | None = None) -> ModelVersion:

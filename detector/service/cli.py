@@ -127,9 +127,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _load_detector(path: str, settings) -> Any:
+    """Load a checkpoint and run one dummy batch, so the first real batch is not slowed by warm-up."""
+    import numpy as np
+
     from detector.inference import Detector
 
-    return Detector.load(path, device=settings.device, batch_size=settings.max_batch)
+    det = Detector.load(path, device=settings.device, batch_size=settings.max_batch)
+    size = det.image_size
+    det.predict([np.zeros((size, size, 3), np.uint8)] * min(2, settings.max_batch))
+    return det
 
 
 COMMANDS = [

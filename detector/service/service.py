@@ -99,6 +99,7 @@ class DetectorService:
         self._producer: Any = None
         self.started = False  # consumer polling
         self.last_beat: float | None = None  # monotonic time the loop last made progress
+        self.first_records_at: float | None = None  # unix time the first records arrived
         self.scored = 0
         self.dead = 0
         self.batches = 0
@@ -131,7 +132,8 @@ class DetectorService:
 
     def ready(self) -> tuple[bool, dict]:
         ok = self.holder.loaded and self.started and not self.stopping
-        info: dict[str, Any] = {"status": "ready" if ok else "stopping" if self.stopping else "starting"}
+        info: dict[str, Any] = {"status": "ready" if ok else "stopping" if self.stopping else "starting",
+                                "first_records_at": self.first_records_at, "scored": self.scored}
         if self.holder.loaded:
             info["models"] = self.holder.current.versions()
         if self._consumer is not None and self.started:
@@ -296,6 +298,8 @@ class DetectorService:
                         n += len(msgs)
                 if self._pending and self._batch_started is None:
                     self._batch_started = time.monotonic()
+                    if self.first_records_at is None:
+                        self.first_records_at = time.time()
                 empty = not self._pending
             if empty:
                 return  # idle: back to the loop (stop flag, model swaps)

@@ -105,9 +105,11 @@ class Pipeline:
         self._log_files.append(path)
         return proc
 
-    def start_detector(self, *extra: str, http_port: int | None = None, env: dict[str, str] | None = None):
-        argv = [*cli("linewatch-detector", "detector.cli"), "serve", "--model", self.checkpoint, "--device", "cpu",
-                *extra]
+    def start_detector(self, *extra: str, http_port: int | None = None, env: dict[str, str] | None = None,
+                       device: str = "cpu", model: bool = True):
+        argv = [*cli("linewatch-detector", "detector.cli"), "serve", "--device", device, *extra]
+        if model:
+            argv += ["--model", self.checkpoint]
         if http_port is not None:
             argv += ["--http-port", str(http_port)]
         return self._start("detector", argv, {**self.env, **(env or {})})

@@ -186,22 +186,25 @@ def test_sigkill_of_detector_and_writer_mid_stream_loses_and_duplicates_nothing(
     errors: list = []
 
     def publish() -> None:
+        # a backlog first (the detector is busy, so the SIGKILL lands inside a batch), then a paced stream
         try:
-            published.extend(publish_folder(settings, frames_dir, camera_id="cam-k", product="toy", encoding="png",
-                                            fps=10, limit=n, loop=True, partitions=None))
+            for fps in (None, 10):
+                published.extend(publish_folder(settings, frames_dir, camera_id="cam-k", product="toy",
+                                                encoding="png", fps=fps, limit=n // 2, loop=True, partitions=None))
         except Exception as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
     t = threading.Thread(target=publish, daemon=True)
     t.start()
 
-    wait_for(lambda: pipeline.rows() >= 12, 60, "the first rows", [writer, detector], pipeline.logs, interval=0.05)
-    detector.kill()  # SIGKILL, mid-stream: frames keep coming
+    wait_for(lambda: pipeline.rows() >= 12, 60, "the first rows", [writer, detector], pipeline.logs, interval=0.02)
+    detector.kill()  # SIGKILL, mid-stream
     detector.wait(10)
-    assert t.is_alive(), "the detector should be killed while frames are still being published"
+    rows_at_detector_kill = pipeline.rows()
+    assert rows_at_detector_kill < n, "the detector should be killed before every frame is scored"
     detector = pipeline.start_detector("--max-batch", "4", "--max-wait-ms", "20")
-    wait_for(lambda: pipeline.rows() >= 40, 90, "rows after the detector restart", [writer, detector],
-             pipeline.logs, interval=0.05)
+    wait_for(lambda: pipeline.rows() >= 50, 90, "rows after the detector restart", [writer, detector],
+             pipeline.logs, interval=0.02)
     writer.kill()  # SIGKILL the writer too
     writer.wait(10)
     rows_at_kill = pipeline.rows()
@@ -223,5 +226,54 @@ def test_sigkill_of_detector_and_writer_mid_stream_loses_and_duplicates_nothing(
     results = pipeline.read_topic("results")
     # replays after the SIGKILL may repeat results (same frame id, same score); the writer stores each once
     assert len(results) >= n
-    print(f"results on the topic: {len(results)} for {n} frames; rows when the writer was killed: {rows_at_kill}")
+    print(f"results on the topic: {len(results)} for {n} frames; rows when the detector was killed: "
+          f"{rows_at_detector_kill}, when the writer was killed: {rows_at_kill}")
     assert not pipeline.read_topic("deadletter", idle_s=0.5)
+
+
+def test_sighup_swaps_the_model_between_batches_and_results_carry_the_version(pipeline, frames_dir,
+                                                                               pipeline_checkpoint, tmp_path):
+    import json
+
+    from detector.checkpoint import save_checkpoint
+    from detector.inference import Detector
+
+    settings = pipeline.settings
+    det_a = Detector.load(pipeline_checkpoint, device="cpu")
+    meta = dict(det_a.meta)
+    meta["threshold"] = -1.0  # a second version of the model: everything is flagged
+    ckpt_b = tmp_path / "b.pt"
+    save_checkpoint(ckpt_b, det_a._model, meta)
+    version_b = Detector.load(ckpt_b, device="cpu").version
+    assert version_b != det_a.version
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({"default": str(pipeline_checkpoint)}))
+
+    port = free_port()
+    writer = pipeline.start_writer("--batch-size", "16", "--max-wait-ms", "100")
+    detector = pipeline.start_detector("--routes", str(routes), "--sample-rate", "0", http_port=port, model=False)
+    pipeline.wait_ready(port, detector)
+    before = publish_folder(settings, frames_dir, camera_id="cam-h", product="toy", limit=12, partitions=None)
+    wait_for(lambda: pipeline.rows() >= 12, 60, "rows of the first model", [writer, detector], pipeline.logs)
+
+    # a new routing: cam-h2 goes to model B with a threshold override; the default goes to B too
+    routes.write_text(json.dumps({"default": str(ckpt_b), "cameras": {"cam-h2": str(ckpt_b)},
+                                  "thresholds": {"cameras": {"cam-h2": 1e9}}}))
+    detector.send_signal(signal.SIGHUP)
+    wait_for(lambda: metric_value(http_get(port, "/metrics")[1].decode(), "linewatch_detector_model_swaps_total") == 1,
+             60, "the model swap", [detector], pipeline.logs)
+    after = publish_folder(settings, frames_dir, camera_id="cam-h", product="toy", limit=12, partitions=None)
+    after2 = publish_folder(settings, frames_dir, camera_id="cam-h2", product="toy", limit=6, partitions=None)
+    n = len(before) + len(after) + len(after2)
+    wait_for(lambda: pipeline.rows() >= n, 60, f"{n} rows", [writer, detector], pipeline.logs)
+    wait_for(lambda: pipeline.caught_up(pipeline.detector_group, "frames"), 30, "detector caught up", [detector],
+             pipeline.logs)
+
+    rows = {r.frame_id: r for r in pipeline.inspections()}
+    assert len(rows) == n
+    assert {rows[m.frame_id].model_version for m in before} == {det_a.version}
+    assert {rows[m.frame_id].model_version for m in after + after2} == {version_b}
+    assert all(rows[m.frame_id].is_anomalous and rows[m.frame_id].threshold == -1.0 for m in after)
+    assert all(not rows[m.frame_id].is_anomalous and rows[m.frame_id].threshold == 1e9 for m in after2)
+    status, body = http_get(port, "/readyz")
+    assert json_body(body)["models"] == {str(ckpt_b.resolve()): version_b}

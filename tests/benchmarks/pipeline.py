@@ -1,0 +1,406 @@
+"""Pipeline benchmark (outside CI): pipeline frames/s and capture-to-row latency vs the bare detector.
+
+    python -m tests.benchmarks.pipeline --help
+    python -m tests.benchmarks.pipeline -n 200                       # quick default-size model, 256x256 JPEG frames
+    python -m tests.benchmarks.pipeline --checkpoint model.pt --frames /data/replay --json /tmp/pipeline.json
+
+One run, same frames, same machine, side by side:
+
+1. **bare detector** — the frames decoded in memory, ``Detector.predict`` in chunks of
+   ``--max-batch`` (what the service's batches are), timed over all frames; measured before and
+   after the pipeline runs, the mean is the reference.
+2. **pipeline throughput** — the frames are published to ``<prefix>.frames`` first (cameras are
+   other machines; their encoding is not charged to the pipeline), then ``linewatch-detector
+   serve`` and ``linewatch-storage writer`` (real subprocesses, SQLite) drain the backlog:
+   frames/s = N / (last row committed - detector's first poll).  Kafka runs on this machine too.
+3. **latency** — ``--latency-frames`` more frames published paced at ``--latency-load`` x the
+   measured pipeline throughput; capture-to-row = the time the row is visible in the database
+   (polled every 20 ms) - the frame's capture time; p50/p99 (also split: capture -> inferred,
+   inferred -> row).
+
+Also printed: the service's own time per stage (decode, infer, encode, publish, commit) from its
+``/metrics``, which says where the pipeline loses against the bare detector.
+
+The broker is ``LINEWATCH_KAFKA_BOOTSTRAP`` if set, else a temporary one from deploy/kafka/kafka.sh.
+Without ``--checkpoint`` a model of the given size (default: the detector benchmark's 128 px input,
+16 channels; ``--image-size 256 --channels 32`` is ``linewatch-detector train``'s default) is trained
+for one epoch per stage on simulator parts and cached under ``~/.cache/linewatch/bench`` — its
+accuracy is irrelevant, inference cost depends only on the architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tests.benchmarks.pipeline",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", "--frames-count", type=int, default=200, help="frames for the throughput run (default 200)")
+    p.add_argument("--frames", default=None, metavar="DIR",
+                   help="image folder to replay (default: simulator parts written to a temp folder)")
+    p.add_argument("--frame-size", default="256x256", metavar="WxH", help="simulator frame size (default 256x256)")
+    p.add_argument("--encoding", default="jpeg", choices=["jpeg", "png"], help="frame encoding on the wire (default jpeg)")
+    p.add_argument("--checkpoint", default=None, help="detector checkpoint (default: quick-trained, see above)")
+    p.add_argument("--image-size", type=int, default=128, help="model input of the quick-trained model (default 128)")
+    p.add_argument("--channels", type=int, default=16, help="U-Net width of the quick-trained model (default 16)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="inference device (default cpu)")
+    p.add_argument("--max-batch", type=int, default=8, help="service batch size = bare chunk size (default 8)")
+    p.add_argument("--max-wait-ms", type=int, default=50, help="service max wait (default 50)")
+    p.add_argument("--partitions", type=int, default=3, help="topic partitions (default 3)")
+    p.add_argument("--writer-batch", type=int, default=200, help="writer batch size (default 200)")
+    p.add_argument("--writer-wait-ms", type=int, default=100, help="writer max wait (default 100)")
+    p.add_argument("--latency-frames", type=int, default=100, help="frames for the latency run (default 100; 0 = skip)")
+    p.add_argument("--latency-seconds", type=float, default=40.0,
+                   help="cap the latency run at about this long (fewer frames when the pipeline is slow; default 40)")
+    p.add_argument("--latency-load", type=float, default=0.5,
+                   help="latency run rate as a fraction of the measured pipeline throughput (default 0.5)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database)")
+    return p
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    k = (len(v) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+class Broker:
+    def __init__(self, work: Path):
+        self.dir = None
+        if os.environ.get("LINEWATCH_KAFKA_BOOTSTRAP"):
+            self.bootstrap = os.environ["LINEWATCH_KAFKA_BOOTSTRAP"]
+            return
+        from tests.pipeline.harness import free_port
+
+        self.dir = work / "kafka"
+        self.dir.mkdir()
+        port = free_port()
+        env = {**os.environ, "KAFKA_WATCH_PID": str(os.getpid())}
+        _log("starting a Kafka broker (deploy/kafka/kafka.sh)")
+        subprocess.run(["bash", str(REPO / "deploy/kafka/kafka.sh"), "start", str(self.dir), str(port)], env=env,
+                       check=True, stdout=subprocess.DEVNULL, timeout=600)
+        self.bootstrap = f"127.0.0.1:{port}"
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.dir / "kafka.pid").read_text().strip()) if self.dir is not None else None
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        if self.dir is not None:
+            subprocess.run(["bash", str(REPO / "deploy/kafka/kafka.sh"), "stop", str(self.dir)], timeout=120,
+                           stdout=subprocess.DEVNULL)
+
+
+def quick_checkpoint(image_size: int, channels: int) -> Path:
+    """A model of the given architecture trained for one epoch per stage (cached)."""
+    cache = Path(os.environ.get("LINEWATCH_CACHE", Path.home() / ".cache/linewatch")) / "bench"
+    out = cache / f"quick-{image_size}px-{channels}ch.pt"
+    if out.is_file():
+        return out
+    from detector.cli import default_masker_weights
+    from detector.config import DetectorConfig, FaderConfig
+    from detector.models.maskers import MaskerConfig
+    from detector.training import TrainConfig
+    from detector.workflow import train_from_folder
+    from ingest.simulator import write_normal_parts
+
+    _log(f"training a quick {image_size}px/{channels}ch model (cached in {out})")
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_normal_parts(Path(tmp) / "sim" / "train" / "good", 24, seed=1)
+        w = default_masker_weights()
+        mc = MaskerConfig(kind="cnn", weights=w, pretrained=w is not None)
+        dc = DetectorConfig(image_size=image_size, mosaic_scale=8, mask_quantile=0.5, unet_channels=channels,
+                            masker=mc, fader=FaderConfig())
+        tc = TrainConfig(epochs_ear=1, epochs_fader=1, batch_size=8, device="cpu")
+        train_from_folder(Path(tmp) / "sim", out, dc, tc, "fader", auto_m=False, auto_q=False, product="flange",
+                          progress=False)
+    return out
+
+
+def bare_fps(det, frames: list, batch: int) -> tuple[float, float]:
+    """(frames/s, CPU seconds per frame) of ``Detector.predict`` over ``frames``."""
+    det.predict(frames[:batch])  # warm-up
+    c0, t0 = time.process_time(), time.perf_counter()
+    for i in range(0, len(frames), batch):
+        det.predict(frames[i:i + batch])
+    return len(frames) / (time.perf_counter() - t0), (time.process_time() - c0) / len(frames)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 if unknown."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def watch_rows(engine, stop: threading.Event, seen: dict[str, float]) -> None:
+    """Record when each row becomes visible (polling every 20 ms)."""
+    from sqlalchemy import select
+
+    from storage.models import Inspection
+
+    last = 0
+    while not stop.is_set():
+        try:
+            with engine.connect() as c:
+                rows = c.execute(select(Inspection.id, Inspection.frame_id).where(Inspection.id > last)).all()
+        except Exception:  # noqa: BLE001 - database not migrated yet
+            rows = []
+        now = time.time()
+        for rid, fid in rows:
+            seen.setdefault(fid, now)
+            last = max(last, rid)
+        stop.wait(0.02)
+
+
+def stage_seconds(metrics_text: str) -> dict[str, float]:
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("linewatch_detector_stage_seconds_sum{"):
+            stage = line.split('stage="', 1)[1].split('"', 1)[0]
+            out[stage] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+# ------------------------------------------------------------------------------------------ main
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from sqlalchemy import select
+
+    from detector.inference import Detector
+    from ingest.kafka_config import KafkaSettings
+    from ingest.producer import publish_folder
+    from storage.db import init_db, make_engine
+    from storage.models import Inspection
+    from tests.pipeline.harness import Pipeline, free_port, http_get, read_rgb, wait_for
+
+    work = Path(tempfile.mkdtemp(prefix="lw-pipeline-bench-"))
+    broker = Broker(work)
+    pipeline = None
+    try:
+        ckpt = Path(args.checkpoint) if args.checkpoint else quick_checkpoint(args.image_size, args.channels)
+        if args.frames:
+            frames_dir = Path(args.frames)
+        else:
+            from ingest.simulator import write_parts
+
+            w, h = (int(x) for x in args.frame_size.lower().split("x"))
+            frames_dir = work / "frames"
+            _log(f"writing {args.frames_count} simulator frames ({w}x{h})")
+            paths = write_parts(work / "sim", args.frames_count, seed=3, width=w, height=h, defect_rate=0.1)
+            frames_dir.mkdir()
+            for i, (p, _d) in enumerate(paths):
+                shutil.copy(p, frames_dir / f"{i:06d}{p.suffix}")
+        files = sorted(q for q in frames_dir.iterdir() if q.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        files = (files * (args.frames_count // max(1, len(files)) + 1))[:args.frames_count]
+        n = len(files)
+
+        # the bare detector on the same frames as the service will decode them
+        # (JPEG on the wire: bare scores the JPEG-decoded pixels too)
+        import cv2
+        import numpy as np
+
+        from ingest.frames import encode_image
+
+        def wire_pixels(f: Path):
+            rgb = read_rgb(f)
+            if args.encoding == "jpeg":
+                data, _ = encode_image(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), "jpeg")
+                rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            return rgb
+
+        frames = [wire_pixels(f) for f in files]
+        det = Detector.load(ckpt, device=args.device, batch_size=args.max_batch)
+        _log(f"model {det.version}: input {det.image_size}px, device {det.device}, torch threads "
+             f"{torch.get_num_threads()}; {n} frames {frames[0].shape[1]}x{frames[0].shape[0]} {args.encoding}")
+        bare_before, bare_cpu_before = bare_fps(det, frames, args.max_batch)
+        _log(f"bare detector: {bare_before:.1f} frames/s, {bare_cpu_before * 1000:.0f} CPU ms/frame")
+
+        # the pipeline
+        settings = KafkaSettings(kafka_bootstrap=broker.bootstrap, topic_prefix=f"lwbench-{os.getpid()}")
+        db_dir = work / "lwdata"
+        db_dir.mkdir()
+        url = f"sqlite:///{db_dir / 'linewatch.db'}"
+        engine = make_engine(url)
+        init_db(engine)
+        env = {**os.environ, "LINEWATCH_DATABASE_URL": url, "LINEWATCH_DATA_DIR": str(db_dir)}
+        pipeline = Pipeline(settings, env, url, work / "logs", ckpt, partitions=args.partitions)
+        ordered = work / "ordered"  # publish in a fixed order under unique names
+        ordered.mkdir()
+        for i, f in enumerate(files):
+            shutil.copy(f, ordered / f"{i:06d}{f.suffix}")
+        t_pub = time.perf_counter()
+        metas = publish_folder(settings, ordered, camera_id="bench-cam", product="flange", encoding=args.encoding,
+                               partitions=None, timeout_s=300)
+        _log(f"published {len(metas)} frames as a backlog in {time.perf_counter() - t_pub:.1f}s")
+
+        seen: dict[str, float] = {}
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch_rows, args=(engine, stop, seen), daemon=True)
+        watcher.start()
+        writer = pipeline.start_writer("--batch-size", str(args.writer_batch), "--max-wait-ms", str(args.writer_wait_ms))
+        port = free_port()
+        detector = pipeline.start_detector("--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                                           "--sample-rate", "0.01", http_port=port, device=args.device)
+        first_poll: list[float] = []
+        pids = {"detector": detector.pid, "writer": writer.pid, "broker": broker.pid()}
+        cpu0: dict[str, float] = {}
+
+        def started() -> bool:
+            try:
+                code, body = http_get(port, "/readyz", timeout=2)
+            except OSError:
+                return False
+            if code == 200 and json.loads(body)["first_records_at"]:
+                first_poll.append(json.loads(body)["first_records_at"])
+                cpu0.update({k: cpu_seconds(p) for k, p in pids.items()})
+            return bool(first_poll)
+
+        wait_for(started, 300, "the detector to start", [detector, writer], pipeline.logs, interval=0.02)
+        ids = {m.frame_id for m in metas}
+        wait_for(lambda: ids <= seen.keys(), 600, f"{n} rows", [detector, writer], pipeline.logs, interval=0.05)
+        t_last = max(seen[i] for i in ids)
+        cpu_pipe = {k: (cpu_seconds(p) - cpu0.get(k, 0.0)) / n for k, p in pids.items()}
+        pipe_fps = n / (t_last - first_poll[0])
+        with engine.connect() as c:
+            rows = c.execute(select(Inspection.frame_id, Inspection.captured_at, Inspection.inferred_at,
+                                    Inspection.stored_at)).all()
+        infer_span = max(_aware(r.inferred_at) for r in rows).timestamp() - first_poll[0]
+        detector_fps = n / infer_span
+        _log(f"pipeline: {pipe_fps:.1f} frames/s (detector alone {detector_fps:.1f} frames/s)")
+        code, body = http_get(port, "/metrics")
+        stages_throughput = stage_seconds(body.decode())
+
+        # latency at a fixed load
+        lat: dict[str, Any] = {}
+        if args.latency_frames > 0:
+            rate = max(0.1, args.latency_load * pipe_fps)
+            count = max(10, min(args.latency_frames, int(rate * args.latency_seconds)))
+            _log(f"latency run: {count} frames at {rate:.1f} frames/s")
+            metas2 = publish_folder(settings, ordered, camera_id="bench-cam-2", product="flange",
+                                    encoding=args.encoding, fps=rate, limit=count, loop=True,
+                                    partitions=None, timeout_s=300)
+            ids2 = {m.frame_id for m in metas2}
+            wait_for(lambda: ids2 <= seen.keys(), 300, "latency rows", [detector, writer], pipeline.logs)
+            with engine.connect() as c:
+                rows2 = c.execute(select(Inspection.frame_id, Inspection.captured_at, Inspection.inferred_at,
+                                         Inspection.stored_at).where(Inspection.frame_id.in_(ids2))).all()
+            to_row = [seen[r.frame_id] - _aware(r.captured_at).timestamp() for r in rows2]
+            to_inf = [(_aware(r.inferred_at) - _aware(r.captured_at)).total_seconds() for r in rows2]
+            inf_row = [seen[r.frame_id] - _aware(r.inferred_at).timestamp() for r in rows2]
+            lat = {"rate_fps": rate, "frames": len(rows2),
+                   "capture_to_row_p50_ms": 1000 * _pct(to_row, 0.5), "capture_to_row_p99_ms": 1000 * _pct(to_row, 0.99),
+                   "capture_to_row_max_ms": 1000 * max(to_row),
+                   "capture_to_inferred_p50_ms": 1000 * _pct(to_inf, 0.5),
+                   "inferred_to_row_p50_ms": 1000 * _pct(inf_row, 0.5)}
+        stop.set()
+        watcher.join(5)
+        code, body = http_get(port, "/metrics")
+        pipeline.close()
+
+        bare_after, bare_cpu_after = bare_fps(det, frames, args.max_batch)
+        _log(f"bare detector again: {bare_after:.1f} frames/s, {bare_cpu_after * 1000:.0f} CPU ms/frame")
+        bare = (bare_before + bare_after) / 2
+        bare_cpu = (bare_cpu_before + bare_cpu_after) / 2
+        total_stage = sum(stages_throughput.values()) or 1.0
+        result = {
+            "frames": n, "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}", "encoding": args.encoding,
+            "model_version": det.version, "image_size": det.image_size, "device": str(det.device),
+            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "max_batch": args.max_batch,
+            "max_wait_ms": args.max_wait_ms, "partitions": args.partitions,
+            "bare_fps": bare, "bare_fps_before": bare_before, "bare_fps_after": bare_after,
+            "pipeline_fps": pipe_fps, "detector_service_fps": detector_fps, "ratio": pipe_fps / bare,
+            "bare_cpu_ms_per_frame": 1000 * bare_cpu,
+            "pipeline_cpu_ms_per_frame": {k: 1000 * v for k, v in cpu_pipe.items()},
+            "cpu_efficiency": bare_cpu / max(1e-9, sum(cpu_pipe.values())),
+            "target_ratio": 0.9, "target_met": pipe_fps / bare >= 0.9,
+            "service_stage_share": {k: v / total_stage for k, v in stages_throughput.items()},
+            "service_stage_seconds": stages_throughput,
+            "latency": lat,
+        }
+        return result
+    finally:
+        if pipeline is not None:
+            pipeline.close()
+        broker.stop()
+        if args.keep:
+            _log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    lat = r.get("latency") or {}
+    rows = [
+        ("frames", f"{r['frames']} x {r['frame_size']} {r['encoding']}, model {r['image_size']}px on {r['device']} "
+                   f"({r['torch_threads']} threads, {r['cpus']} CPUs), batch {r['max_batch']}"),
+        ("bare detector", f"{r['bare_fps']:.1f} frames/s (before {r['bare_fps_before']:.1f}, after {r['bare_fps_after']:.1f})"),
+        ("pipeline", f"{r['pipeline_fps']:.1f} frames/s = {100 * r['ratio']:.1f} % of bare "
+                     f"(target >= 90 %: {'met' if r['target_met'] else 'MISSED'})"),
+        ("CPU per frame", f"bare {r['bare_cpu_ms_per_frame']:.0f} ms; pipeline "
+                          f"{sum(r['pipeline_cpu_ms_per_frame'].values()):.0f} ms ("
+                          + ", ".join(f"{k} {v:.0f}" for k, v in r["pipeline_cpu_ms_per_frame"].items())
+                          + f") -> bare/pipeline = {100 * r['cpu_efficiency']:.1f} %"),
+        ("detector service alone", f"{r['detector_service_fps']:.1f} frames/s (first records -> last inference)"),
+        ("service time by stage", ", ".join(f"{k} {100 * v:.1f} %" for k, v in
+                                            sorted(r["service_stage_share"].items(), key=lambda kv: -kv[1]))),
+    ]
+    if lat:
+        rows.append(("capture -> row", f"p50 {lat['capture_to_row_p50_ms']:.0f} ms, p99 {lat['capture_to_row_p99_ms']:.0f} ms "
+                                       f"at {lat['rate_fps']:.1f} frames/s (capture -> inferred p50 "
+                                       f"{lat['capture_to_inferred_p50_ms']:.0f} ms, inferred -> row p50 "
+                                       f"{lat['inferred_to_row_p50_ms']:.0f} ms)"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = run(args)
+    print_table(result)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
