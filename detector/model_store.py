@@ -202,7 +202,10 @@ class ModelStore:
         n = 0
         if d.is_dir():
             for p in d.glob(".tmp-*"):
-                p.unlink(missing_ok=True)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
                 n += 1
         return n
 

@@ -17,8 +17,8 @@ What a run does, in order (:func:`retrain`):
    Near-duplicates are removed (:func:`dedup`): a 64-bit perceptual hash (DCT pHash,
    ``imagehash.phash``) per image; an image within ``dedup_max_distance`` bits of one already
    kept is dropped (a part that stood still under a free-running camera).  A deterministic
-   ``holdout_fraction`` of the sampled normals (by a hash of the frame id) is held out of
-   training.  Below ``min_images`` training images the run stops (:class:`NotEnoughData`).
+   ``holdout_fraction`` of them (by a hash of the frame id; sampled normals and false alarms
+   alike, so the active model's false alarms count in the comparison) is held out of training.  Below ``min_images`` training images the run stops (:class:`NotEnoughData`).
 3. **Train** a candidate warm-started from the active checkpoint (its architecture, masker,
    mosaic scale; :func:`detector.workflow.train_from_folder` with ``init_checkpoint``); its
    threshold is calibrated for ``target_far`` on a held-out part of the training images.
@@ -68,6 +68,8 @@ from .models import Image, Inspection, ModelVersion, utcnow
 from .registry import active_version, promote, register_candidate, reject
 
 log = logging.getLogger(__name__)
+
+KEEP_MAX_SIDE = 512  # images are kept in memory at most this large (hashing, holdout scoring)
 
 
 class RetrainError(Exception):
@@ -215,13 +217,20 @@ def _load(captures: list[Capture], blobs: BlobStore, skipped: list[str], desc: s
 
     from detector.data import CorruptImageError, decode_image
 
+    import cv2
+
     out = []
     for c in tqdm(captures, desc=desc, disable=not progress, leave=False):
         try:
-            c.rgb = decode_image(blobs.get(c.blob_key), c.frame_id)
+            rgb = decode_image(blobs.get(c.blob_key), c.frame_id)
         except (BlobNotFound, CorruptImageError) as e:
             skipped.append(f"{c.frame_id}: {type(e).__name__}: {e}")
             continue
+        h, w = rgb.shape[:2]
+        if max(h, w) > KEEP_MAX_SIDE:  # bounded memory for thousands of large frames; models use less
+            f = KEEP_MAX_SIDE / max(h, w)
+            rgb = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        c.rgb = rgb
         out.append(c)
     return out
 
@@ -262,7 +271,8 @@ def gather(session: Session, blobs: BlobStore, product: str, since: datetime | N
     normals = _load(normals, blobs, skipped, "loading captures", progress)
     normals, n_dup = dedup(normals, settings.dedup_max_distance)
     defects = _load(defects, blobs, skipped, "loading confirmed defects", progress)
-    holdout = [c for c in normals if c.kind == "sampled" and in_holdout(c.frame_id, settings.holdout_fraction)]
+    # false alarms are held out too: normals the active model flagged belong in a fair comparison
+    holdout = [c for c in normals if in_holdout(c.frame_id, settings.holdout_fraction)]
     held = {c.inspection_id for c in holdout}
     train = [c for c in normals if c.inspection_id not in held]
     counts = {"sampled_normals": sum(c.kind == "sampled" for c in normals),
@@ -399,11 +409,18 @@ class RetrainOutcome:
     counts: dict[str, int]
 
 
-def _write_training_folder(root: Path, captures: list[Capture], blobs: BlobStore) -> Path:
+def _write_training_folder(root: Path, captures: list[Capture], blobs: BlobStore,
+                           transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Path:
     """MVTec layout (``train/good``) of the original image bytes, for the detector's training API."""
+    import cv2
+
     good = root / "data" / "train" / "good"
     good.mkdir(parents=True)
     for i, c in enumerate(captures):
+        if transform is not None:
+            assert c.rgb is not None
+            cv2.imwrite(str(good / f"{i:05d}.png"), cv2.cvtColor(transform(c.rgb), cv2.COLOR_RGB2BGR))
+            continue
         ext = ".png" if c.content_type == "image/png" else ".jpg"
         (good / f"{i:05d}{ext}").write_bytes(blobs.get(c.blob_key))
     return root / "data"
@@ -411,11 +428,14 @@ def _write_training_folder(root: Path, captures: list[Capture], blobs: BlobStore
 
 def retrain(engine: Engine, blobs: BlobStore, store: ModelStore, product: str,
             settings: RetrainSettings | None = None, *, by: str = "retrain", progress: bool = True,
-            now: datetime | None = None,
-            on_stage: Callable[[str], None] | None = None) -> RetrainOutcome:
+            now: datetime | None = None, on_stage: Callable[[str], None] | None = None,
+            train_transform: Callable[[np.ndarray], np.ndarray] | None = None) -> RetrainOutcome:
     """One retraining run (see the module docstring); raises :class:`RetrainError` subclasses.
 
     ``on_stage`` is told each stage's name as it starts (gather, train, evaluate, record).
+    ``train_transform`` is applied to every training image (RGB uint8) before training, never to
+    the holdout: an augmentation hook, which the proof test uses to train a deliberately worse
+    candidate (as if the camera had been out of focus) and to see that it is rejected.
     """
     from detector.checkpoint import save_checkpoint
     from detector.inference import Detector
@@ -455,10 +475,10 @@ def retrain(engine: Engine, blobs: BlobStore, store: ModelStore, product: str,
         tc = TrainConfig(epochs_ear=settings.epochs_ear, epochs_fader=settings.epochs_fader,
                          batch_size=settings.batch_size, lr=settings.lr, fader_lr=settings.fader_lr,
                          target_far=settings.target_far, seed=settings.seed, device=settings.device)
-        work = Path(tempfile.mkdtemp(prefix=".retrain-", dir=store.product_dir(product)))
+        work = Path(tempfile.mkdtemp(prefix=".tmp-retrain-", dir=store.product_dir(product)))
         tmp_ckpt = None
         try:
-            data_root = _write_training_folder(work, g.train, blobs)
+            data_root = _write_training_folder(work, g.train, blobs, train_transform)
             summary = train_from_folder(data_root, None, None, tc, product=product, progress=progress,
                                         init_checkpoint=active_path)
             meta = dict(summary["meta"])

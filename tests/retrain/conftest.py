@@ -1,0 +1,48 @@
+"""Fixtures of the retraining tests: a tiny real checkpoint trained on the line simulator's parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.storage.fixtures import postgres_url, sqlite_db, storage_backend, storage_db  # noqa: F401
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: faster than two when other jobs share a small CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The real EAR + FADeR detector, tiny (64 px, 8 channels), trained briefly on simulated good parts."""
+    from detector.training import TrainConfig
+    from detector.workflow import train_from_folder
+    from ingest.simulator import write_normal_parts
+    from tests.detector.conftest import tiny_config
+
+    root = tmp_path_factory.mktemp("first-model")
+    write_normal_parts(root / "data" / "train" / "good", 24, seed=1000, width=64, height=64)
+    tc = TrainConfig(epochs_ear=3, epochs_fader=1, batch_size=8, m_candidates=(8,), q_candidates=(0.5,),
+                     device="cpu")
+    out = root / "first.pt"
+    train_from_folder(root / "data", out, tiny_config(), tc, variant="fader", auto_m=False, auto_q=False,
+                      product="flange", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def second_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The same weights saved with another threshold: a second, distinct version (other sha256)."""
+    from detector.checkpoint import load_model, save_checkpoint
+
+    model, meta, _ = load_model(tiny_checkpoint)
+    out = tmp_path_factory.mktemp("second-model") / "second.pt"
+    save_checkpoint(out, model, {**meta, "threshold": float(meta["threshold"]) * 1.1})
+    return out

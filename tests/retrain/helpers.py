@@ -1,0 +1,63 @@
+"""Stored captures for the retraining tests, written through storage's real write path."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from detector.messages import InspectionResult
+
+T0 = datetime(2026, 11, 23, 8, 0, 0, tzinfo=timezone.utc)
+_BLANK_PNG = cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes()
+
+
+def part_image(i: int, *, seed: int = 1, defect: str | None = None, size: int = 64) -> np.ndarray:
+    """Simulated part ``i`` (BGR, as OpenCV writes it)."""
+    from ingest.simulator import LineSimulator
+
+    return LineSimulator(seed=seed, width=size, height=size).render(i, defect=defect)
+
+
+def capture(i: int, *, kind: Literal["sampled", "flagged", "plain"] = "sampled", score: float = 0.1,
+            threshold: float = 0.5, product: str = "flange", at: datetime | None = None,
+            image: np.ndarray | None = None, seed: int = 1, defect: str | None = None,
+            camera: str = "cam-1") -> InspectionResult:
+    """One detector result; ``sampled``/``flagged`` ones carry the frame (a simulated part, PNG)."""
+    at = at or T0 + timedelta(seconds=i)
+    frame = None
+    if kind != "plain":
+        img = part_image(i, seed=seed, defect=defect) if image is None else image
+        frame = cv2.imencode(".png", img)[1].tobytes()
+    return InspectionResult(
+        frame_id=f"{product}-{camera}-{seed}-{i:06d}", line="line-1", station="st-1", camera_id=camera, seq=i,
+        part_id=f"P{seed}-{i:06d}", product=product, captured_at=at, inferred_at=at + timedelta(milliseconds=30),
+        score=score, threshold=threshold, is_anomalous=kind == "flagged", model_version="v0",
+        frame_width=64, frame_height=64, heatmap_png=_BLANK_PNG, heatmap_max=1.0,
+        frame_image=frame, frame_content_type="image/png" if frame else None,
+        frame_reason=None if kind == "plain" else kind,
+    )
+
+
+def store(db, results: list[InspectionResult]) -> dict[str, int]:
+    """Store results like the writer does -> {frame_id: inspection id}."""
+    from sqlalchemy import select
+
+    from storage.models import Inspection
+    from storage.results import store_results
+
+    store_results(db.engine, db.blobs, results)
+    with db.engine.connect() as c:
+        return dict(c.execute(select(Inspection.frame_id, Inspection.id)).all())
+
+
+def label(db, inspection_id: int, *labels: str, user: str = "op") -> None:
+    """Operator decisions in order (the newest counts)."""
+    from storage.db import write_session
+    from storage.feedback import add_feedback
+
+    for k, lab in enumerate(labels):
+        with write_session(db.engine) as s:
+            add_feedback(s, inspection_id, lab, user, at=datetime.now(timezone.utc) + timedelta(milliseconds=k))
