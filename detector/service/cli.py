@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--group", metavar="ID", help="consumer group (default linewatch-detector)")
     g.add_argument("--max-batch", type=int, metavar="N", help="frames per inference batch (default 8)")
     g.add_argument("--max-wait-ms", type=int, metavar="MS", help="longest a partial batch waits (default 50)")
+    g.add_argument("--batches-per-commit", type=int, metavar="K",
+                   help="with a backlog, score up to K batches per offset commit, publishing each batch as soon as "
+                        "it is scored (default 4; 1 = batch by batch)")
     g.add_argument("--max-frame-bytes", type=int, metavar="B",
                    help="larger payloads are dead-lettered (default: the Kafka record limit)")
     g.add_argument("--partitions", type=int, metavar="N",
@@ -63,7 +66,8 @@ def _settings(args: argparse.Namespace):
     from .settings import ServiceSettings
 
     mapping = {"model": "model", "routes": "routes", "device": "device", "group": "group",
-               "max_batch": "max_batch", "max_wait_ms": "max_wait_ms", "max_frame_bytes": "max_frame_bytes",
+               "max_batch": "max_batch", "max_wait_ms": "max_wait_ms", "batches_per_commit": "batches_per_commit",
+               "max_frame_bytes": "max_frame_bytes",
                "partitions": "topic_partitions", "sample_rate": "sample_rate",
                "heatmap_max_side": "heatmap_max_side", "http_port": "http_port", "log_format": "log_format"}
     overrides: dict[str, Any] = {field: getattr(args, arg) for arg, field in mapping.items()
@@ -76,7 +80,7 @@ def _settings(args: argparse.Namespace):
         err = exc.errors()[0]
         name = str(err.get("loc", ("?",))[0])
         opt = {v: k for k, v in mapping.items()}.get(name, name).replace("_", "-")
-        raise UserError(f"--{opt}: {err.get('msg')}") from None
+        raise UserError(f"--{opt} (LINEWATCH_DETECTOR_{name.upper()}): {err.get('msg')}") from None
 
 
 def run_serve(args: argparse.Namespace) -> int:

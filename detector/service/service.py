@@ -3,18 +3,20 @@
 One loop, one batch at a time:
 
 1. **gather** — poll the consumer group (manual commits) until ``max_batch`` records are in hand
-   or ``max_wait_ms`` passed since the first one arrived;
+   or ``max_wait_ms`` passed since the first one arrived; with a full batch in hand, records the
+   consumer already fetched (a backlog) are taken too, up to ``batches_per_commit`` batches;
 2. **decode** — every record is checked (:func:`.imaging.check_frame`) and routed to a
    checkpoint (:class:`.routing.ModelSet`); bad records become dead letters, never exceptions;
 3. **infer** — one :meth:`Detector.predict` per checkpoint in the batch (frames of different
    sizes are fine); a failing batch is retried frame by frame so one bad frame cannot sink the
    others (a frame that still fails is dead-lettered as ``inference``);
 4. **encode** — one :class:`detector.messages.InspectionResult` per frame (heatmap PNG, the frame
-   itself when flagged or sampled), key = camera id;
-5. **publish** — results and dead letters are sent, the producer is flushed and *every* future is
-   checked; if anything was not acknowledged, nothing is committed: the consumer is rewound to the
-   batch's first offsets and the batch is redone after a back-off;
-6. **commit** — only now the batch's offsets are committed (synchronously).
+   itself when flagged or sampled), key = camera id, sent at once (steps 3-4 repeat per inference
+   batch of ``max_batch``, so the acks of one batch arrive while the next is inferred);
+5. **publish** — dead letters are sent, the producer is flushed and *every* future is checked; if
+   anything was not acknowledged, nothing is committed: the consumer is rewound to the records'
+   first offsets and they are redone after a back-off;
+6. **commit** — only now the offsets of all records taken in step 1 are committed (synchronously).
 
 So a crash at any point replays at most the uncommitted batch: results may be published twice
 (same frame id, same score — CPU inference is deterministic), and the storage writer stores each
@@ -172,7 +174,7 @@ class DetectorService:
             group_id=self.settings.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self.settings.max_batch,
+            max_poll_records=self.settings.max_batch * self.settings.batches_per_commit,
             max_partition_fetch_bytes=fetch,
             fetch_max_bytes=max(64 * 1024 * 1024, fetch),
             session_timeout_ms=self.settings.session_timeout_ms,
@@ -271,16 +273,24 @@ class DetectorService:
 
     # ------------------------------------------------------------------------ gather
     def _gather(self) -> None:
-        """Poll into ``_pending`` until the batch is full or its wait is over (or idle)."""
+        """Poll into ``_pending`` until the batch is full or its wait is over (or idle).
+
+        With a full batch in hand, records the consumer has already fetched (a backlog) are taken
+        too, up to ``max_batch * batches_per_commit``, without waiting: they are processed as
+        several inference batches under one commit (see :meth:`_process`).
+        """
         max_batch = self.settings.max_batch
+        cap = max_batch * self.settings.batches_per_commit
         max_wait = self.settings.max_wait_ms / 1000.0
         while not self._stop.is_set():
             with self._lock:
                 have, started = len(self._pending), self._batch_started
-            room = max_batch - have
+            room = cap - have
             if room <= 0:
                 return
-            if have:
+            if have >= max_batch:
+                timeout = 0.0  # a full batch: only what is already buffered
+            elif have:
                 timeout = started + max_wait - time.monotonic()
                 if timeout <= 0:
                     return
@@ -303,11 +313,19 @@ class DetectorService:
                 empty = not self._pending
             if empty:
                 return  # idle: back to the loop (stop flag, model swaps)
+            if have >= max_batch and n == 0:
+                return
 
     # ------------------------------------------------------------------------ process
     def _process(self, records: list[Any], started: float | None) -> bool:
+        """Score ``records`` (in inference batches of ``max_batch``), publish, then commit once.
+
+        Each inference batch's results are sent as soon as it is scored, so their acks arrive
+        while the next batch is inferred; the offsets of all records are committed after the
+        flush confirmed every result and dead letter.
+        """
         t_start = started or time.monotonic()
-        models = self.holder.current  # one snapshot for the whole batch
+        models = self.holder.current  # one snapshot for everything under this commit
         s = self.settings
         m = self.metrics
 
@@ -330,28 +348,37 @@ class DetectorService:
         t1 = time.monotonic()
         m.stage_seconds.labels("decode").observe(t1 - t0)
 
-        scored = self._infer(items, dead)
-        inferred_at = utcnow()
-        t2 = time.monotonic()
-        m.stage_seconds.labels("infer").observe(t2 - t1)
-
-        out: list[tuple[bytes, bytes]] = []
-        flagged = 0
-        for i, it in enumerate(items):
-            if i not in scored:
-                continue
-            score, amap = scored[i]
-            if not math.isfinite(score):
-                dead.append((it.record, "inference", f"the model returned a non-finite score ({score})"))
-                continue
-            value, is_flagged = self._result(it, score, amap, inferred_at)
-            flagged += is_flagged
-            out.append((it.frame.meta.camera_id.encode("utf-8"), value))
-        t3 = time.monotonic()
-        m.stage_seconds.labels("encode").observe(t3 - t2)
-
+        futures: list[Any] = []
+        n_ok = flagged = 0
+        infer_s = encode_s = send_s = 0.0
         try:
-            self._publish(out, dead)
+            for c0 in range(0, len(items), s.max_batch):
+                chunk = items[c0:c0 + s.max_batch]
+                ta = time.monotonic()
+                scored = self._infer(chunk, dead)
+                inferred_at = utcnow()
+                tb = time.monotonic()
+                out: list[tuple[bytes, bytes]] = []
+                for i, it in enumerate(chunk):
+                    if i not in scored:
+                        continue
+                    score, amap = scored[i]
+                    if not math.isfinite(score):
+                        dead.append((it.record, "inference", f"the model returned a non-finite score ({score})"))
+                        continue
+                    value, is_flagged = self._result(it, score, amap, inferred_at)
+                    flagged += is_flagged
+                    out.append((it.frame.meta.camera_id.encode("utf-8"), value))
+                tc = time.monotonic()
+                futures += self._send_results(out)
+                n_ok += len(out)
+                infer_s += tb - ta
+                encode_s += tc - tb
+                send_s += time.monotonic() - tc
+                m.stage_seconds.labels("infer").observe(tb - ta)
+                m.stage_seconds.labels("encode").observe(tc - tb)
+            t3 = time.monotonic()
+            self._finish_publish(futures, dead)
         except PublishError as exc:
             m.errors.labels("publish").inc()
             log.error("publishing a batch failed; not committing, the batch will be redone",
@@ -362,13 +389,12 @@ class DetectorService:
             return False
         self._publish_failures = 0
         t4 = time.monotonic()
-        m.stage_seconds.labels("publish").observe(t4 - t3)
+        m.stage_seconds.labels("publish").observe(t4 - t3 + send_s)
 
         committed = self._commit(records)
         t5 = time.monotonic()
         m.stage_seconds.labels("commit").observe(t5 - t4)
 
-        n_ok = len(out)
         self.scored += n_ok
         self.dead += len(dead)
         self.batches += 1
@@ -381,8 +407,8 @@ class DetectorService:
         m.batch_seconds.observe(t5 - t_start)
         self.last_batch = {"records": len(records), "scored": n_ok, "flagged": flagged, "dead_letters": len(dead),
                            "wait_ms": round((t0 - t_start) * 1000, 1), "decode_ms": round((t1 - t0) * 1000, 1),
-                           "infer_ms": round((t2 - t1) * 1000, 1), "encode_ms": round((t3 - t2) * 1000, 1),
-                           "publish_ms": round((t4 - t3) * 1000, 1), "commit_ms": round((t5 - t4) * 1000, 1),
+                           "infer_ms": round(infer_s * 1000, 1), "encode_ms": round(encode_s * 1000, 1),
+                           "publish_ms": round((t4 - t3 + send_s) * 1000, 1), "commit_ms": round((t5 - t4) * 1000, 1),
                            "committed": committed}
         log.info("batch", extra={"kv": {**self.last_batch,
                                         "versions": ",".join(sorted({it.route.detector.version for it in items}))}})
@@ -457,11 +483,16 @@ class DetectorService:
             value = b""
         return rec.key, value, headers
 
-    def _publish(self, results: list[tuple[bytes, bytes]], dead: list[tuple[Any, str, str]]) -> None:
-        futures = []
+    def _send_results(self, results: list[tuple[bytes, bytes]]) -> list[Any]:
         try:
-            for key, value in results:
-                futures.append(self._producer.send(self.results_topic, key=key, value=value))
+            return [self._producer.send(self.results_topic, key=key, value=value) for key, value in results]
+        except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError (buffer full / no metadata), ...
+            raise PublishError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _finish_publish(self, futures: list[Any], dead: list[tuple[Any, str, str]]) -> None:
+        """Send the dead letters, flush, and check that every record was acknowledged."""
+        futures = list(futures)
+        try:
             for rec, code, reason in dead:
                 key, value, headers = self._dead_letter(rec, code, reason)
                 futures.append(self._producer.send(self.dlq_topic, key=key, value=value, headers=headers))

@@ -12,6 +12,10 @@ variable                              default                 meaning
 ``LINEWATCH_DETECTOR_GROUP``          ``linewatch-detector``  Kafka consumer group on ``<prefix>.frames``
 ``LINEWATCH_DETECTOR_MAX_BATCH``      ``8``                   frames per inference batch
 ``LINEWATCH_DETECTOR_MAX_WAIT_MS``    ``50``                  longest a partial batch waits for more frames
+``LINEWATCH_DETECTOR_BATCHES_PER_COMMIT`` ``4``                 with a backlog, up to this many batches are taken
+                                                              at once: each is published as soon as it is scored
+                                                              (its acks arrive while the next one is inferred),
+                                                              one commit after all acks; 1 = batch by batch
 ``LINEWATCH_DETECTOR_DEVICE``         ``auto``                ``auto`` / ``cpu`` / ``cuda``
 ``LINEWATCH_DETECTOR_SAMPLE_RATE``    ``0.01``                fraction of normal frames whose image is attached
                                                               to the result (retraining sample; deterministic
@@ -43,6 +47,7 @@ class ServiceSettings(BaseSettings):
     group: str = "linewatch-detector"
     max_batch: int = Field(8, ge=1, le=1024)
     max_wait_ms: int = Field(50, ge=0)
+    batches_per_commit: int = Field(4, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     sample_rate: float = Field(0.01, ge=0.0, le=1.0)
     heatmap_max_side: int = Field(512, ge=8)

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="inference device (default cpu)")
     p.add_argument("--max-batch", type=int, default=8, help="service batch size = bare chunk size (default 8)")
     p.add_argument("--max-wait-ms", type=int, default=50, help="service max wait (default 50)")
+    p.add_argument("--batches-per-commit", type=int, default=4, help="service setting (default 4)")
     p.add_argument("--partitions", type=int, default=3, help="topic partitions (default 3)")
     p.add_argument("--writer-batch", type=int, default=200, help="writer batch size (default 200)")
     p.add_argument("--writer-wait-ms", type=int, default=100, help="writer max wait (default 100)")
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap the latency run at about this long (fewer frames when the pipeline is slow; default 40)")
     p.add_argument("--latency-load", type=float, default=0.5,
                    help="latency run rate as a fraction of the measured pipeline throughput (default 0.5)")
+    p.add_argument("--idle-seconds", type=float, default=10.0,
+                   help="measure the idle CPU of broker and writer this long before the run (default 10)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database)")
     return p
@@ -275,9 +278,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stop = threading.Event()
         watcher = threading.Thread(target=watch_rows, args=(engine, stop, seen), daemon=True)
         watcher.start()
-        writer = pipeline.start_writer("--batch-size", str(args.writer_batch), "--max-wait-ms", str(args.writer_wait_ms))
+        writer_port = free_port()
+        writer = pipeline.start_writer("--batch-size", str(args.writer_batch), "--max-wait-ms", str(args.writer_wait_ms),
+                                       "--http-port", str(writer_port))
+
+        def writer_polling() -> bool:
+            try:
+                return http_get(writer_port, "/healthz", timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        # fixed costs: what the broker and an idle writer burn per second whatever the frame rate
+        idle_pids = {"writer": writer.pid, "broker": broker.pid()}
+        wait_for(writer_polling, 120, "the writer to poll", [writer], pipeline.logs, interval=0.2)
+        time.sleep(2.0)
+        c_idle, t_idle = {k: cpu_seconds(p) for k, p in idle_pids.items()}, time.monotonic()
+        time.sleep(args.idle_seconds)
+        idle_rate = {k: (cpu_seconds(p) - c_idle[k]) / (time.monotonic() - t_idle) for k, p in idle_pids.items()}
+        _log("idle CPU: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in idle_rate.items()))
         port = free_port()
         detector = pipeline.start_detector("--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                                           "--batches-per-commit", str(args.batches_per_commit),
                                            "--sample-rate", "0.01", http_port=port, device=args.device)
         first_poll: list[float] = []
         pids = {"detector": detector.pid, "writer": writer.pid, "broker": broker.pid()}
@@ -298,6 +319,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wait_for(lambda: ids <= seen.keys(), 600, f"{n} rows", [detector, writer], pipeline.logs, interval=0.05)
         t_last = max(seen[i] for i in ids)
         cpu_pipe = {k: (cpu_seconds(p) - cpu0.get(k, 0.0)) / n for k, p in pids.items()}
+        span = t_last - first_poll[0]
+        cpu_work = {k: v - idle_rate.get(k, 0.0) * span / n for k, v in cpu_pipe.items()}
         pipe_fps = n / (t_last - first_poll[0])
         with engine.connect() as c:
             rows = c.execute(select(Inspection.frame_id, Inspection.captured_at, Inspection.inferred_at,
@@ -345,11 +368,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model_version": det.version, "image_size": det.image_size, "device": str(det.device),
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms, "partitions": args.partitions,
+            "batches_per_commit": args.batches_per_commit,
             "bare_fps": bare, "bare_fps_before": bare_before, "bare_fps_after": bare_after,
             "pipeline_fps": pipe_fps, "detector_service_fps": detector_fps, "ratio": pipe_fps / bare,
             "bare_cpu_ms_per_frame": 1000 * bare_cpu,
             "pipeline_cpu_ms_per_frame": {k: 1000 * v for k, v in cpu_pipe.items()},
             "cpu_efficiency": bare_cpu / max(1e-9, sum(cpu_pipe.values())),
+            "idle_cpu_cores": idle_rate,
+            "pipeline_cpu_ms_per_frame_above_idle": {k: 1000 * v for k, v in cpu_work.items()},
+            "cpu_efficiency_above_idle": bare_cpu / max(1e-9, sum(cpu_work.values())),
             "target_ratio": 0.9, "target_met": pipe_fps / bare >= 0.9,
             "service_stage_share": {k: v / total_stage for k, v in stages_throughput.items()},
             "service_stage_seconds": stages_throughput,
@@ -378,6 +405,11 @@ def print_table(r: dict[str, Any]) -> None:
                           f"{sum(r['pipeline_cpu_ms_per_frame'].values()):.0f} ms ("
                           + ", ".join(f"{k} {v:.0f}" for k, v in r["pipeline_cpu_ms_per_frame"].items())
                           + f") -> bare/pipeline = {100 * r['cpu_efficiency']:.1f} %"),
+        ("CPU per frame above idle", f"pipeline {sum(r['pipeline_cpu_ms_per_frame_above_idle'].values()):.0f} ms ("
+                                     + ", ".join(f"{k} {v:.0f}" for k, v in r["pipeline_cpu_ms_per_frame_above_idle"].items())
+                                     + f"; idle: " + ", ".join(f"{k} {100 * v:.1f} % of a core"
+                                                              for k, v in r["idle_cpu_cores"].items())
+                                     + f") -> bare/pipeline = {100 * r['cpu_efficiency_above_idle']:.1f} %"),
         ("detector service alone", f"{r['detector_service_fps']:.1f} frames/s (first records -> last inference)"),
         ("service time by stage", ", ".join(f"{k} {100 * v:.1f} %" for k, v in
                                             sorted(r["service_stage_share"].items(), key=lambda kv: -kv[1]))),

@@ -90,6 +90,7 @@ class Pipeline:
             LINEWATCH_WRITER_GROUP=self.writer_group,
             LINEWATCH_DETECTOR_GROUP=self.detector_group,
             LINEWATCH_DETECTOR_SESSION_TIMEOUT_MS=str(session_timeout_ms),
+            LINEWATCH_WRITER_SESSION_TIMEOUT_MS=str(session_timeout_ms),
             PYTHONUNBUFFERED="1",
         )
         self.procs: list[subprocess.Popen] = []
