@@ -8,6 +8,7 @@ every run, so removing, disabling or demoting an account takes effect at the nex
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,6 +24,23 @@ from storage.users import get_user, role_allows
 from .settings import DashboardSettings
 
 USER_KEY = "lw_user"
+
+
+def _warm_imports() -> None:
+    """Import what the pages need (pandas, altair, pyarrow, OpenCV: ~2 s) in the background
+    while the first visitor is still on the login form, so their first page is not the slow one."""
+    import importlib
+
+    for name in ("pandas", "pyarrow", "altair", "cv2", "PIL.Image", "dashboard.images", "dashboard.live_logic",
+                 "storage.queries.live", "storage.queries.review", "storage.queries.history",
+                 "storage.queries.thresholds"):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the page itself will report a real import problem
+            pass
+
+
+threading.Thread(target=_warm_imports, name="linewatch-warm-imports", daemon=True).start()
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,6 @@ if "thr_saved" in ss:
 
 with read_session() as s:
     cur = q.camera_threshold(s, camera)
-    hist = q.score_histogram(s, camera, bins=40, since=since)
 effective = cur.effective if cur else None
 
 m = st.columns(3)
@@ -53,20 +52,16 @@ m[1].metric("Dashboard override", "none" if cur.override is None else f"{cur.ove
 m[2].metric("Model's threshold", "n/a" if cur.model_threshold is None else f"{cur.model_threshold:.4f}",
             help="the threshold on the camera's newest inspection")
 
-if hist is None:
-    st.info("No labelled inspections for this camera in this window.")
-    default_new = effective or 0.5
-else:
-    default_new = effective if effective is not None else (hist.lo + hist.hi) / 2
-
 new_key = f"thr_new_{camera}"
 if new_key not in ss:
-    ss[new_key] = float(round(default_new, 6))
+    ss[new_key] = float(round(effective if effective is not None else 0.5, 6))
 new = top[2].number_input("New threshold", key=new_key, step=0.01, format="%.4f")
 
 with read_session() as s:
     ts = [new] if effective is None else [effective, new]
-    rates = q.rates(s, camera, ts, since=since)
+    hist, rates = q.distribution(s, camera, ts, bins=40, since=since)
+if hist is None:
+    st.info("No labelled inspections for this camera in this window.")
 
 if hist is not None:
     n_norm, n_def = sum(hist.normal), sum(hist.defect)

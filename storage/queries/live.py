@@ -40,36 +40,49 @@ class SeriesPoint:
         return self.flagged / self.inspected if self.inspected else None
 
 
+def _camera_lines(session: Session) -> list[tuple[str, str]]:
+    return [(line, cam) for cam, line in session.execute(
+        select(Camera.id, Camera.line_id).order_by(Camera.line_id, Camera.id))]
+
+
 def camera_counts(session: Session, since: datetime, until: datetime | None = None) -> list[CameraCounts]:
     """Inspected and flagged parts per (line, camera) captured in ``[since, until)``.
 
-    One GROUP BY over the covering index ``ix_inspections_live_window``.
+    One small aggregate per camera, each a range scan of the covering index
+    ``ix_inspections_camera_scores`` (camera_id, captured_at, ...): no table rows are read and
+    no sort is needed, so a 7-day window over a million rows stays in the tens of milliseconds
+    (a single GROUP BY over the time range makes SQLite's planner sort every row of the window).
     """
-    stmt = (
-        select(Inspection.line_id, Inspection.camera_id, func.count(), _FLAGGED)
-        .where(Inspection.captured_at >= as_utc(since))
-        .group_by(Inspection.line_id, Inspection.camera_id)
-        .order_by(Inspection.line_id, Inspection.camera_id)
-    )
-    if until is not None:
-        stmt = stmt.where(Inspection.captured_at < as_utc(until))
-    return [CameraCounts(line, cam, int(n), int(f or 0)) for line, cam, n, f in session.execute(stmt)]
+    out = []
+    for line, cam in _camera_lines(session):
+        stmt = select(func.count(), _FLAGGED).where(
+            Inspection.camera_id == cam, Inspection.captured_at >= as_utc(since))
+        if until is not None:
+            stmt = stmt.where(Inspection.captured_at < as_utc(until))
+        n, f = session.execute(stmt).one()
+        if n:
+            out.append(CameraCounts(line, cam, int(n), int(f or 0)))
+    return out
 
 
 def rate_series(session: Session, since: datetime, until: datetime, bucket_seconds: int) -> list[SeriesPoint]:
-    """Counts per camera per ``bucket_seconds`` bucket in ``[since, until)`` (empty buckets omitted)."""
+    """Counts per camera per ``bucket_seconds`` bucket in ``[since, until)`` (empty buckets omitted).
+
+    Per camera, one GROUP BY over the (camera_id, captured_at) range of the covering index.
+    """
     since, until = as_utc(since), as_utc(until)
     bucket = time_bucket(dialect_of(session), since, bucket_seconds).label("bucket")
-    stmt = (
-        select(bucket, Inspection.line_id, Inspection.camera_id, func.count(), _FLAGGED)
-        .where(Inspection.captured_at >= since, Inspection.captured_at < until)
-        .group_by(bucket, Inspection.line_id, Inspection.camera_id)
-        .order_by(bucket)
-    )
-    return [
-        SeriesPoint(since + timedelta(seconds=int(b) * bucket_seconds), line, cam, int(n), int(f or 0))
-        for b, line, cam, n, f in session.execute(stmt)
-    ]
+    out = []
+    for line, cam in _camera_lines(session):
+        stmt = (
+            select(bucket, func.count(), _FLAGGED)
+            .where(Inspection.camera_id == cam, Inspection.captured_at >= since, Inspection.captured_at < until)
+            .group_by(bucket)
+        )
+        out.extend(SeriesPoint(since + timedelta(seconds=int(b) * bucket_seconds), line, cam, int(n), int(f or 0))
+                   for b, n, f in session.execute(stmt))
+    out.sort(key=lambda p: (p.bucket_start, p.line_id, p.camera_id))
+    return out
 
 
 def latest_model_versions(session: Session) -> dict[str, tuple[str, datetime]]:
@@ -91,7 +104,7 @@ def latest_model_versions(session: Session) -> dict[str, tuple[str, datetime]]:
 
 def cameras(session: Session) -> list[tuple[str, str]]:
     """``[(line_id, camera_id)]`` of every known camera."""
-    return [(line, cam) for cam, line in session.execute(select(Camera.id, Camera.line_id).order_by(Camera.line_id, Camera.id))]
+    return _camera_lines(session)
 
 
 def lines(session: Session) -> list[str]:

@@ -129,10 +129,13 @@ def score_histogram(
     session: Session, camera_id: str, bins: int = 40,
     since: datetime | None = None, until: datetime | None = None,
 ) -> Histogram | None:
-    """Score histogram of normal parts and of confirmed defects on one camera (two queries)."""
+    """Score histogram of normal parts and of confirmed defects on one camera.
+
+    Two passes over the camera's range of the covering index: the score range and the left-out
+    counts, then the bin counts.
+    """
     sub = _window(
-        select(_klass.label("k"), Inspection.score, Inspection.is_anomalous, Inspection.current_feedback),
-        camera_id, since, until,
+        select(_klass.label("k"), Inspection.score, Inspection.current_feedback), camera_id, since, until,
     ).subquery()
     lo, hi, unreviewed, unsure = session.execute(
         select(
@@ -144,10 +147,15 @@ def score_histogram(
     ).one()
     if lo is None:
         return None
-    lo, hi = float(lo), float(hi)
+    return _bins(session, camera_id, bins, float(lo), float(hi), int(unreviewed or 0), int(unsure or 0), since, until)
+
+
+def _bins(session: Session, camera_id: str, bins: int, lo: float, hi: float, unreviewed: int, unsure: int,
+          since: datetime | None, until: datetime | None) -> Histogram:
     if hi <= lo:
         hi = lo + 1e-6
     width = (hi - lo) / bins
+    sub = _window(select(_klass.label("k"), Inspection.score), camera_id, since, until).subquery()
     raw = cast((sub.c.score - lo) / width, Float)
     # raw >= 0; SQLite's CAST truncates, PostgreSQL's rounds (so floor() there)
     whole = cast(raw, Integer) if dialect_of(session) == "sqlite" else cast(func.floor(raw), Integer)
@@ -157,4 +165,42 @@ def score_histogram(
     for k, idx, n in session.execute(stmt):
         i = min(max(int(idx), 0), bins - 1)
         (defect if k == DEFECT else normal)[i] += int(n)
-    return Histogram(lo, hi, bins, normal, defect, int(unreviewed or 0), int(unsure or 0))
+    return Histogram(lo, hi, bins, normal, defect, unreviewed, unsure)
+
+
+def distribution(
+    session: Session, camera_id: str, thresholds: list[float], bins: int = 40,
+    since: datetime | None = None, until: datetime | None = None,
+) -> tuple[Histogram | None, list[ThresholdRates]]:
+    """:func:`score_histogram` and :func:`rates` together in two passes instead of three."""
+    sub = _window(
+        select(_klass.label("k"), Inspection.score, Inspection.current_feedback), camera_id, since, until,
+    ).subquery()
+    cols = [func.count(), func.min(sub.c.score), func.max(sub.c.score)]
+    cols += [func.sum(case((sub.c.score >= float(t), 1), else_=0)) for t in thresholds]
+    by_class: dict = {}
+    unreviewed = unsure = 0
+    stmt = select(sub.c.k, sub.c.current_feedback, *cols).group_by(sub.c.k, sub.c.current_feedback)
+    for k, fb, *vals in session.execute(stmt):
+        if k is None:
+            if fb is None:
+                unreviewed += int(vals[0])
+            elif fb == "unsure":
+                unsure += int(vals[0])
+            continue
+        acc = by_class.setdefault(k, [0, None, None] + [0] * len(thresholds))
+        acc[0] += int(vals[0])
+        acc[1] = vals[1] if acc[1] is None else min(acc[1], vals[1])
+        acc[2] = vals[2] if acc[2] is None else max(acc[2], vals[2])
+        for i in range(len(thresholds)):
+            acc[3 + i] += int(vals[3 + i] or 0)
+    empty = [0, None, None] + [0] * len(thresholds)
+    normal, defect = by_class.get(NORMAL, empty), by_class.get(DEFECT, empty)
+    out = [ThresholdRates(threshold=float(t), normal=normal[0], defects=defect[0],
+                          false_alarms=normal[3 + i], misses=defect[0] - defect[3 + i])
+           for i, t in enumerate(thresholds)]
+    los = [v for v in (normal[1], defect[1]) if v is not None]
+    if not los:
+        return None, out
+    lo, hi = float(min(los)), float(max(v for v in (normal[2], defect[2]) if v is not None))
+    return _bins(session, camera_id, bins, lo, hi, unreviewed, unsure, since, until), out

@@ -116,3 +116,14 @@ def test_threshold_rates_and_histogram(seeded):
         s.commit()
         assert thresholds.camera_threshold(s, "cam-a1").effective == 0.62
         assert thresholds.camera_threshold(s, "nope") is None
+
+
+def test_distribution_matches_histogram_and_rates(seeded):
+    db, sd = seeded
+    with db.session() as s:
+        for since in (None, sd.now - timedelta(hours=1)):
+            hist, rates = thresholds.distribution(s, "cam-a1", [0.3, 0.5, 0.9], bins=12, since=since)
+            assert hist == thresholds.score_histogram(s, "cam-a1", bins=12, since=since)
+            assert rates == thresholds.rates(s, "cam-a1", [0.3, 0.5, 0.9], since=since)
+        hist, rates = thresholds.distribution(s, "cam-a1", [0.5], since=sd.now + timedelta(days=1))
+        assert hist is None and rates[0].normal == 0
