@@ -61,3 +61,10 @@ def label(db, inspection_id: int, *labels: str, user: str = "op") -> None:
     for k, lab in enumerate(labels):
         with write_session(db.engine) as s:
             add_feedback(s, inspection_id, lab, user, at=datetime.now(timezone.utc) + timedelta(milliseconds=k))
+
+
+def detector_cli() -> list[str]:
+    """``linewatch-detector`` as installed (its entry points bring the registry commands)."""
+    from tests.pipeline.harness import cli
+
+    return cli("linewatch-detector", "detector.cli")

@@ -1,0 +1,157 @@
+"""The retraining run end to end on stored captures (no broker): promote, reject, lock, crash safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from datetime import timedelta
+
+import cv2
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from detector.inference import Detector
+from detector.model_store import ModelStore
+from storage import registry as reg
+from storage.models import ModelVersion
+from storage.retrain import (LockBusy, NotEnoughData, RetrainSettings, product_lock, register_checkpoint,
+                             retrain)
+from tests.retrain.helpers import T0, capture, detector_cli, label, store
+
+FAST = dict(min_images=16, min_holdout=4, epochs_ear=2, epochs_fader=1, device="cpu", margin_auroc=0.1,
+            margin_far=0.1)
+
+
+def _line_day(db, n_normal: int = 48, n_false_alarm: int = 6, n_defect: int = 6) -> None:
+    """A day of captures: sampled good parts, false alarms and confirmed defects (simulated parts)."""
+    kinds = ("scratch", "spot", "crack", "missing_hole")
+    results = [capture(i, kind="sampled", score=0.05, seed=2) for i in range(n_normal)]
+    results += [capture(100 + i, kind="flagged", score=0.9, seed=2) for i in range(n_false_alarm)]
+    results += [capture(200 + i, kind="flagged", score=0.9, seed=2, defect=kinds[i % 4]) for i in range(n_defect)]
+    ids = store(db, results)
+    for r in results:
+        if r.is_anomalous:
+            label(db, ids[r.frame_id], "defect_confirmed" if int(r.seq) >= 200 else "false_alarm")
+
+
+@pytest.fixture
+def line(sqlite_db, tiny_checkpoint):
+    ms = ModelStore(sqlite_db.settings.model_store_dir)
+    first = register_checkpoint(sqlite_db.engine, ms, "flange", tiny_checkpoint)
+    _line_day(sqlite_db)
+    return sqlite_db, ms, first
+
+
+def _versions(db) -> dict[str, str]:
+    with Session(db.engine) as s:
+        return {mv.version: mv.status for mv in reg.list_versions(s, "flange")}
+
+
+def test_candidate_is_promoted_with_report_and_pointer(line):
+    db, ms, first = line
+    out = retrain(db.engine, db.blobs, ms, "flange", RetrainSettings(**FAST), progress=False,
+                  now=T0 + timedelta(hours=1))
+    assert out.status == "active", out.reason
+    assert _versions(db) == {first.version: "retired", out.version: "active"}
+    ptr = ms.read_active("flange")
+    assert (ptr.version, ptr.path) == (out.version, str(out.artifact))
+    assert Detector.load(out.artifact, "cpu").version == out.version
+    with Session(db.engine) as s:
+        mv = reg.get_version(s, "flange", out.version)
+        assert mv.parent.version == first.version and mv.train_image_count == out.counts["train"]
+        assert mv.train_window_end == T0 + timedelta(hours=1) and mv.data_fingerprint
+        assert mv.metrics["n_defect"] == 6 and 0.0 <= mv.metrics["image_auroc"] <= 1.0
+        assert mv.metrics["active"]["false_alarm_rate"] is not None and mv.report_path == str(out.report)
+        assert mv.threshold > 0
+    text = out.report.read_text()
+    assert "PROMOTED" in text and first.version in text and out.version in text and "image AUROC" in text
+    png = cv2.imread(str(out.artifact.with_suffix(".scores.png")))
+    assert png is not None and png.shape[1] >= 600
+    assert out.counts["false_alarms"] == 6 and out.counts["train"] + out.counts["holdout_normal"] == 54 - \
+        out.counts["duplicates_removed"]
+
+    # the next run starts where this one's window ended: nothing new yet
+    with pytest.raises(NotEnoughData, match="only 0 training images"):
+        retrain(db.engine, db.blobs, ms, "flange", RetrainSettings(**FAST), progress=False,
+                now=T0 + timedelta(hours=2))
+
+
+def test_worse_candidate_is_rejected_and_the_active_model_stays(line):
+    db, ms, first = line
+
+    def out_of_focus(rgb):
+        return cv2.GaussianBlur(rgb, (0, 0), 3.0)
+
+    out = retrain(db.engine, db.blobs, ms, "flange", RetrainSettings(**FAST), progress=False,
+                  train_transform=out_of_focus)
+    assert out.status == "rejected"
+    assert "false-alarm rate" in out.reason or "image AUROC" in out.reason
+    assert _versions(db) == {first.version: "active", out.version: "rejected"}
+    assert ms.read_active("flange").version == first.version
+    with Session(db.engine) as s:
+        assert reg.get_version(s, "flange", out.version).reason == out.reason
+    assert "REJECTED" in out.report.read_text()
+
+
+def test_one_run_per_product(line):
+    db, ms, _ = line
+    with product_lock(ms, "flange", db.engine):
+        with pytest.raises(LockBusy, match="another retraining of 'flange' is running"):
+            retrain(db.engine, db.blobs, ms, "flange", RetrainSettings(**FAST), progress=False)
+        with product_lock(ms, "bottle", db.engine):
+            pass  # other products are not held up
+    with product_lock(ms, "flange", db.engine):
+        pass  # released
+
+
+def test_a_failure_mid_run_registers_nothing_and_leaves_no_files(line):
+    db, ms, first = line
+
+    def fail_at(stage):
+        if stage == "evaluate":
+            raise RuntimeError("power cut")
+
+    def files():
+        return sorted(p.name for p in ms.product_dir("flange").iterdir() if p.name != ".retrain.lock")
+
+    before = files()
+    with pytest.raises(RuntimeError):
+        retrain(db.engine, db.blobs, ms, "flange", RetrainSettings(**FAST), progress=False, on_stage=fail_at)
+    assert _versions(db) == {first.version: "active"}
+    assert files() == before == sorted(["active.json", f"{first.version}.ckpt"])
+
+
+def test_killed_run_registers_nothing_and_the_next_run_cleans_up(line):
+    db, ms, first = line
+    env = {**db.env, "LINEWATCH_RETRAIN_EPOCHS_EAR": "200", "LINEWATCH_RETRAIN_MIN_IMAGES": "16",
+           "LINEWATCH_RETRAIN_DEVICE": "cpu"}
+    proc = subprocess.Popen([*detector_cli(), "retrain", "--product", "flange", "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        work = []
+        while time.monotonic() < deadline and not work:  # killed while it trains
+            work = list(ms.product_dir("flange").glob(".tmp-retrain-*/data/train/good/*.png"))
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        assert work, "the run never started training"
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    assert _versions(db) == {first.version: "active"}
+    assert ms.read_active("flange").version == first.version
+    assert list(ms.product_dir("flange").glob(".tmp-*")), "the killed run left its work files"
+    with product_lock(ms, "flange", db.engine):
+        pass  # the kernel released the dead process's lock
+    out = retrain(db.engine, db.blobs, ms, "flange", RetrainSettings(**FAST), progress=False)
+    assert not list(ms.product_dir("flange").glob(".tmp-*"))
+    with Session(db.engine) as s:
+        assert s.scalar(select(func.count()).select_from(ModelVersion)) == 2
+    assert out.version in _versions(db)
