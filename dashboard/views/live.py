@@ -98,6 +98,21 @@ def live_panel() -> None:
                 tooltip=["camera", "period", alt.Tooltip("rate:Q", format=".2%")],
             ).properties(height=320)
             st.altair_chart(chart, width="stretch")
+        st.subheader("Per line")
+        by_line: dict[str, list] = {}
+        for r in rows:
+            by_line.setdefault(r.line, []).append(r)
+        st.dataframe(
+            pd.DataFrame([{
+                "line": line, "cameras": len(rs), "inspected": sum(r.inspected for r in rs),
+                "flagged": sum(r.flagged for r in rs),
+                "anomaly rate": pct(sum(r.flagged for r in rs) / max(1, sum(r.inspected for r in rs))
+                                    if sum(r.inspected for r in rs) else None, 2),
+                "usual rate": pct(overall_rate([u for u in usual if u.line_id == line]), 2),
+                "parts/min": round(sum(r.per_minute for r in rs), 1),
+            } for line, rs in by_line.items()]),
+            hide_index=True, width="stretch",
+        )
         st.subheader("Per camera")
         st.dataframe(
             pd.DataFrame([{

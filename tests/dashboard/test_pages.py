@@ -128,7 +128,10 @@ def test_live_page(seeded):
     assert m["Anomaly rate"] == "10.00 %"
     assert m["Consumer lag"] == "n/a"
     assert m["Model version"] == "ear-fader-v3"
-    df = at.dataframe[0].value
+    per_line = at.dataframe[0].value
+    assert list(per_line["line"]) == ["line-a", "line-b"] and list(per_line["inspected"]) == [80, 80]
+    assert list(per_line["anomaly rate"]) == ["10.00 %", "10.00 %"]
+    df = at.dataframe[1].value
     assert set(df["camera"]) == {"cam-a1", "cam-a2", "cam-b1", "cam-b2"}
     assert list(df["usual rate"]) == ["5.00 %"] * 4
     at.selectbox(key="live_line").select("line-b").run()
