@@ -1,37 +1,47 @@
 #!/usr/bin/env bash
-# Train a quick first detector on the line simulator's normal parts, unless one exists already.
+# The first model of a product: train a quick one on the line simulator's normal parts unless OUT
+# exists, then register it in the model registry (active when the product has no active version).
 #
 #   bash deploy/first-model.sh OUT.pt [PRODUCT]
 #
-# Used by the local stack (deploy/local/stack.py), the Compose `first-model` service and the
-# Kubernetes `first-model` Job, so that a fresh installation scores frames from its first minutes.
-# It calls the project's own commands only:
+# Used by the local stack (deploy/local/stack.py), the Compose `first-model` service, the
+# Kubernetes `linewatch-first-model` Job and linewatch-first-model.service, so that a fresh
+# installation scores frames from its first minutes and `linewatch-detector retrain` has an active
+# version to start from.  It calls the project's own commands only:
 #
-#   linewatch-ingest sim-write -n N WORK/train/good      (defect-free simulated parts)
-#   linewatch-detector train --data WORK --out OUT ...    (EAR + FADeR, small and short)
+#   linewatch-ingest sim-write -n N WORK/train/good          (defect-free simulated parts)
+#   linewatch-detector train --data WORK --out OUT ...        (EAR + FADeR, small and short)
+#   linewatch-detector register --product P --checkpoint OUT  (idempotent; needs the database)
 #
 # The model is deliberately small (128 px input, 16 channels, a few epochs): it takes a few
 # minutes on 2 CPU cores and is good enough to flag the simulator's painted defects.  It is a
 # placeholder until the nightly `linewatch-detector retrain --product P` has real captures.
-# Idempotent: exits 0 at once when OUT exists; writes OUT atomically (a crash leaves no half file).
+# Idempotent: an existing OUT is not retrained, registering again changes nothing, and a product
+# that already has an active version (e.g. promoted by a retraining) keeps it.  OUT is written
+# atomically (a crash leaves no half file).
 #
-# Environment (all optional):
+# Environment (all optional; the storage settings LINEWATCH_DATABASE_URL / LINEWATCH_DATA_DIR /
+# LINEWATCH_MODEL_STORE_DIR say where the registry and the model store are):
 #   LINEWATCH_FIRST_MODEL_PARTS    simulated normal parts to train on (default 96)
 #   LINEWATCH_FIRST_MODEL_EPOCHS   EAR epochs; FADeR gets half (default 8)
 #   LINEWATCH_FIRST_MODEL_SIZE     model input size, multiple of 32 (default 128)
 #   LINEWATCH_FIRST_MODEL_DEVICE   auto | cpu | cuda (default auto)
 #   LINEWATCH_SHARED_DIR           where models/tf_efficientnet_lite0_in1k.safetensors is (the masker's
-#                                  ImageNet weights; see detector --help)
+#                                  ImageNet weights; see `linewatch-detector train --help`)
 set -euo pipefail
 
 out="${1:-}"
 product="${2:-flange}"
 if [ -z "$out" ] || [ "$out" = "-h" ] || [ "$out" = "--help" ]; then
-  sed -n '2,24p' "$0" >&2
+  sed -n '2,30p' "$0" >&2
   [ -n "$out" ] && exit 0 || exit 2
 fi
+register() {
+  linewatch-detector register --product "$product" --checkpoint "$out" --by first-model >&2
+}
 if [ -s "$out" ]; then
-  echo "[first-model] $out exists: reusing it" >&2
+  echo "[first-model] $out exists: not retraining it" >&2
+  register
   exit 0
 fi
 
@@ -54,3 +64,4 @@ linewatch-detector train --data "$work/data" --out "$work/model.pt" --product "$
 mv "$work/train.json" "${out%.pt}.train.json"
 mv "$work/model.pt" "$out"
 echo "[first-model] wrote $out" >&2
+register

@@ -9,8 +9,10 @@ What it starts, in this order (and stops in the reverse order):
 2. storage: SQLite under the state directory, migrated (``linewatch-storage migrate``); the
    topics (``linewatch-ingest topics``); a first ``admin`` user with a generated password when
    there is no user yet -- printed once, stored only as its hash
-3. a model: ``--model``, or the one trained at a previous start, or a quick first model trained now
-   on the simulator's normal parts (``deploy/first-model.sh``; a few minutes on 2 CPU cores)
+3. a model: ``--model``, or the product's active version in the model store (``<state>/data/models``:
+   the first model, or a newer one a ``linewatch-detector retrain`` promoted), or -- at the first
+   start -- a quick first model trained on the simulator's normal parts and registered as the
+   active version (``deploy/first-model.sh``; a few minutes on 2 CPU cores)
 4. supervised services: dashboard, writer, detector, camera source (the line simulator, or
    ``--folder``), each in its own process group, each logging to ``<state>/logs/<name>.log``
 
@@ -24,8 +26,10 @@ get SIGTERM from the kernel (parent-death signal) and the broker's watchdog stop
 
 The state directory keeps everything between starts (Kafka data, SQLite file, images, models,
 logs): the next start reuses the model and the users.  ``<state>/stack.json`` lists the running
-processes (pids and process groups) while the stack runs.  The stack ignores
-``LINEWATCH_DATABASE_URL`` and ``LINEWATCH_KAFKA_*`` from the environment: it is self-contained.
+processes (pids and process groups) while the stack runs.  The stack is self-contained: it ignores
+the locations and Kafka settings of the caller's environment (``LINEWATCH_DATABASE_URL``,
+``LINEWATCH_DATA_DIR``, ``LINEWATCH_MODEL_STORE_DIR``, ``LINEWATCH_KAFKA_*``, ...).  Retraining by
+hand against it: ``LINEWATCH_DATA_DIR=<state>/data linewatch-detector retrain --product flange``.
 """
 
 from __future__ import annotations
@@ -61,6 +65,13 @@ CRASH_LOOP_WINDOW_S = 300.0
 STOP_GRACE_S = {"ingest": 20.0, "detector": 60.0, "writer": 40.0, "dashboard": 10.0}
 
 log = logging.getLogger("stack")
+
+# where things are comes from the stack alone, never from the caller's environment
+_FOREIGN_LOCATIONS = {
+    "LINEWATCH_DATABASE_URL", "LINEWATCH_DATA_DIR", "LINEWATCH_BLOB_DIR", "LINEWATCH_BLOB_STORE",
+    "LINEWATCH_MODEL_STORE_DIR", "LINEWATCH_DETECTOR_MODEL", "LINEWATCH_DETECTOR_ROUTES",
+    "LINEWATCH_DETECTOR_HTTP_PORT", "KAFKA_WATCH_PID",
+}
 
 
 class StackError(Exception):
@@ -227,7 +238,7 @@ class Stack:
     # -- environment shared by every child
     def _child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
-               if not (k == "LINEWATCH_DATABASE_URL" or k.startswith("LINEWATCH_KAFKA_"))}
+               if not (k in _FOREIGN_LOCATIONS or k.startswith("LINEWATCH_KAFKA_"))}
         a = self.args
         env.update({
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -294,22 +305,37 @@ class Stack:
              storage_log, "creating the first admin", stdin=password + "\n")
         return password
 
+    def active_model(self) -> Path | None:
+        """The product's active version in the model store (<data>/models/<product>/active.json)."""
+        from detector.model_store import ModelStore, ModelStoreError
+
+        try:
+            pointer = ModelStore(self.data / "models").read_active(self.args.product)
+        except ModelStoreError as exc:
+            raise StackError(f"model store: {exc}") from None
+        if pointer is None or not Path(pointer.path).is_file():
+            return None
+        log.info("using the active model of %s: version %s", self.args.product, pointer.version)
+        return Path(pointer.path)
+
     def ensure_model(self) -> Path:
         if self.args.model:
             model = Path(self.args.model).expanduser().resolve()
             if not model.is_file():
                 raise StackError(f"--model {model}: no such file")
             return model
-        model = self.data / "models" / f"first-{self.args.product}.pt"
-        if model.is_file():
-            log.info("using the model from a previous start: %s", _short(model))
-            return model
+        active = self.active_model()
+        if active is not None:
+            return active
+        first = self.state / "first-model" / f"{self.args.product}.pt"
         log_path = self.logs / "first-model.log"
-        log.info("no model yet: training a quick first model on simulated normal parts "
-                 "(a few minutes on 2 CPU cores; progress in %s)", _short(log_path))
+        if not first.is_file():
+            log.info("no model yet: training a quick first model on simulated normal parts "
+                     "(a few minutes on 2 CPU cores; progress in %s)", _short(log_path))
         t0 = time.monotonic()
         with open(log_path, "ab") as lf:
-            proc = subprocess.Popen(["bash", str(FIRST_MODEL_SH), str(model), self.args.product],
+            # trains (unless the file exists) and registers it: the product's first active version
+            proc = subprocess.Popen(["bash", str(FIRST_MODEL_SH), str(first), self.args.product],
                                     stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT, env=self.env,
                                     cwd=REPO, preexec_fn=_die_with_parent)
             self._setup_procs.append(proc)
@@ -323,12 +349,13 @@ class Stack:
                     next_note += 30
                 time.sleep(0.2)
             self._setup_procs.remove(proc)
-        if proc.returncode != 0 or not model.is_file():
+        active = self.active_model() if proc.returncode == 0 else None
+        if active is None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-5:])
-            raise StackError(f"training the first model failed (exit status {proc.returncode}; "
+            raise StackError(f"the first model could not be trained or registered (exit status {proc.returncode}; "
                              f"log {_short(log_path)}):\n{tail}")
-        log.info("first model trained in %.0f s: %s", time.monotonic() - t0, _short(model))
-        return model
+        log.info("first model trained and registered in %.0f s", time.monotonic() - t0)
+        return active
 
     def make_services(self, model: Path) -> None:
         a, py = self.args, str(BIN / "python")
@@ -415,10 +442,18 @@ class Stack:
         for svc in reversed(self.services):
             svc.stop(0.0 if self.hurry else STOP_GRACE_S.get(svc.name, 20.0))
         if self.kafka_started:
+            pgid = _pgid(self.kafka_pid)
             env = dict(self.env, KAFKA_STOP_TIMEOUT="1" if self.hurry else "30")
             with contextlib.suppress(StackError):
                 _run(["bash", str(KAFKA_SH), "stop", str(self.kafka_dir)], env, self.logs / "kafka-control.log",
                      "stopping Kafka", timeout=120)
+            # the broker's process group also holds kafka.sh's watchdog (and its `sleep 1`)
+            deadline = time.monotonic() + 5.0
+            while pgid is not None and _group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if pgid is not None and _group_alive(pgid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
             log.info("stopped Kafka")
         with contextlib.suppress(FileNotFoundError):
             self.record.unlink()
@@ -522,8 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction of simulated parts with a painted defect (default 0.05)")
     det = p.add_argument_group("detector")
     det.add_argument("--model", metavar="CKPT",
-                     help="use this checkpoint instead of <state>/data/models/first-<product>.pt (trained at the "
-                          "first start when missing)")
+                     help="use this checkpoint instead of the product's active version in the model store "
+                          "(a first model is trained and registered at the first start)")
     det.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                      help="inference device (default auto: CUDA when present)")
     net = p.add_argument_group("ports and addresses")
