@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import timedelta
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from storage.retrain import RetrainSettings, dedup, gather, in_holdout, phash, Capture
-from tests.retrain.helpers import T0, capture, detector_cli, label, part_image, store
+from tests.retrain.helpers import T0, capture, label, part_image, store
 
 
 def test_gathering_rules(storage_db):
@@ -70,19 +69,18 @@ def test_dedup_drops_near_duplicates_keeps_distinct_parts():
     assert removed == 1, "identical images are duplicates even at distance 0"
 
 
-def test_too_few_images_refuses_with_a_clear_message(sqlite_db, tiny_checkpoint):
+def test_too_few_images_refuses_with_a_clear_message(sqlite_db, tiny_checkpoint, monkeypatch, capsys):
+    from detector.cli import main
+
     store(sqlite_db, [capture(i, kind="sampled", score=0.05) for i in range(6)])
-    env = {**sqlite_db.env, "LINEWATCH_RETRAIN_MIN_IMAGES": "20"}
-    cli = detector_cli()
-    reg = subprocess.run([*cli, "register", "--product", "flange", "--checkpoint", str(tiny_checkpoint)],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert reg.returncode == 0, reg.stderr
-    res = subprocess.run([*cli, "retrain", "--product", "flange", "--quiet"], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert res.returncode == 2
-    err = res.stderr.strip().splitlines()[-1]
-    assert err.startswith("linewatch-detector: error: only ") and "at least 20 are needed" in err, res.stderr
-    assert "Traceback" not in res.stderr
-    models = subprocess.run([*cli, "models", "--product", "flange", "--json"], env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert [m["status"] for m in json.loads(models.stdout)] == ["active"], "nothing registered by the refusal"
+    for k in ("LINEWATCH_DATABASE_URL", "LINEWATCH_DATA_DIR"):
+        monkeypatch.setenv(k, sqlite_db.env[k])
+    monkeypatch.setenv("LINEWATCH_RETRAIN_MIN_IMAGES", "20")
+    assert main(["register", "--product", "flange", "--checkpoint", str(tiny_checkpoint)]) == 0
+    capsys.readouterr()
+    assert main(["retrain", "--product", "flange", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("linewatch-detector: error: only ") and "at least 20 are needed" in err, err
+    assert main(["models", "--product", "flange", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [m["status"] for m in rows] == ["active"], "nothing registered by the refusal"
