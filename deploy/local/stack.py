@@ -52,7 +52,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
@@ -199,22 +199,37 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
 
 
 def _run(argv: list[str], env: dict[str, str], log_path: Path, what: str, *, stdin: str | None = None,
-         timeout: float = 600) -> str:
-    """Run a set-up command to completion, output appended to its log; raise StackError on failure."""
+         timeout: float = 600, interrupted: Callable[[], bool] = lambda: False) -> str:
+    """Run a set-up command to completion, output appended to its log; raise StackError on failure.
+
+    ``interrupted()`` is asked while it runs: when it turns true (Ctrl-C), the command's process
+    group is stopped and KeyboardInterrupt raised, so that stopping never waits for a slow step.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO, preexec_fn=_die_with_parent)
+    deadline = time.monotonic() + timeout
+    feed: str | None = stdin or ""
+    while True:
+        try:
+            # retrying communicate() after a timeout loses no output (subprocess docs)
+            stdout, stderr = proc.communicate(input=feed, timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            feed = None
+            if interrupted() or time.monotonic() > deadline:
+                _stop_group(proc, 5.0)
+                proc.communicate()
+                if interrupted():
+                    raise KeyboardInterrupt from None
+                raise StackError(f"{what} did not finish within {timeout:.0f} s (log {_short(log_path)})") from None
     with open(log_path, "ab") as lf:
         lf.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
-        lf.flush()
-        try:
-            out = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, cwd=REPO,
-                                 timeout=timeout, preexec_fn=_die_with_parent)
-        except subprocess.TimeoutExpired:
-            raise StackError(f"{what} did not finish within {timeout:.0f} s (log {_short(log_path)})") from None
-        lf.write((out.stdout + out.stderr).encode())
-    if out.returncode != 0:
-        detail = (out.stderr.strip() or out.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise StackError(f"{what} failed (exit status {out.returncode}): {detail[0]} (log {_short(log_path)})")
-    return out.stdout
+        lf.write((stdout + stderr).encode())
+    if proc.returncode != 0:
+        detail = (stderr.strip() or stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise StackError(f"{what} failed (exit status {proc.returncode}): {detail[0]} (log {_short(log_path)})")
+    return stdout
 
 
 # ------------------------------------------------------------------------------------------ stack
@@ -262,6 +277,9 @@ class Stack:
         self.stopping = True
         log.info("%s received: stopping the stack", signal.Signals(signum).name)
 
+    def interrupted(self) -> bool:
+        return self.stopping
+
     def _check_stop(self) -> None:
         if self.stopping:
             raise KeyboardInterrupt
@@ -281,9 +299,9 @@ class Stack:
 
     def start_kafka(self) -> None:
         log.info("starting Kafka on 127.0.0.1:%d (data in %s)", self.args.kafka_port, _short(self.kafka_dir))
+        self.kafka_started = True  # from here on, shutdown runs `kafka.sh stop` (harmless if nothing runs)
         _run(["bash", str(KAFKA_SH), "start", str(self.kafka_dir), str(self.args.kafka_port)], self.env,
-             self.logs / "kafka-control.log", "starting Kafka", timeout=900)
-        self.kafka_started = True
+             self.logs / "kafka-control.log", "starting Kafka", timeout=900, interrupted=self.interrupted)
         self.kafka_pid = int((self.kafka_dir / "kafka.pid").read_text().strip())
         self.write_record()
 
@@ -291,18 +309,19 @@ class Stack:
         """Migrate, create the topics, and the first admin; returns its password if created now."""
         log.info("migrating the database (SQLite %s)", _short(self.data / "linewatch.db"))
         storage_log = self.logs / "setup.log"
-        _run([str(BIN / "linewatch-storage"), "migrate"], self.env, storage_log, "database migration")
+        _run([str(BIN / "linewatch-storage"), "migrate"], self.env, storage_log, "database migration",
+             interrupted=self.interrupted)
         self._check_stop()
         _run([str(BIN / "linewatch-ingest"), "topics", "--partitions", str(self.args.partitions)], self.env,
-             storage_log, "creating the Kafka topics")
+             storage_log, "creating the Kafka topics", interrupted=self.interrupted)
         self._check_stop()
         users = json.loads(_run([str(BIN / "linewatch-storage"), "users", "list", "--json"], self.env,
-                                storage_log, "listing users"))
+                                storage_log, "listing users", interrupted=self.interrupted))
         if users:
             return None
         password = secrets.token_urlsafe(12)
         _run([str(BIN / "linewatch-storage"), "users", "add", self.args.admin_user, "--role", "admin"], self.env,
-             storage_log, "creating the first admin", stdin=password + "\n")
+             storage_log, "creating the first admin", stdin=password + "\n", interrupted=self.interrupted)
         return password
 
     def active_model(self) -> Path | None:
