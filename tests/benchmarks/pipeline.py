@@ -4,19 +4,21 @@
     python -m tests.benchmarks.pipeline -n 200                       # quick default-size model, 256x256 JPEG frames
     python -m tests.benchmarks.pipeline --checkpoint model.pt --frames /data/replay --json /tmp/pipeline.json
 
-One run, same frames, same machine, side by side:
+One run, same frames, same machine, side by side, interleaved (bare, pipeline, bare, pipeline,
+bare: on a shared machine the load drifts, so each pipeline round is compared with the bare runs
+just before and after it):
 
-1. **bare detector** — the frames decoded in memory, ``Detector.predict`` in chunks of
-   ``--max-batch`` (what the service's batches are), timed over all frames; measured before and
-   after the pipeline runs, the mean is the reference.
-2. **pipeline throughput** — the frames are published to ``<prefix>.frames`` first (cameras are
-   other machines; their encoding is not charged to the pipeline), then ``linewatch-detector
-   serve`` and ``linewatch-storage writer`` (real subprocesses, SQLite) drain the backlog:
-   frames/s = N / (last row committed - detector's first poll).  Kafka runs on this machine too.
-3. **latency** — ``--latency-frames`` more frames published paced at ``--latency-load`` x the
-   measured pipeline throughput; capture-to-row = the time the row is visible in the database
-   (polled every 20 ms) - the frame's capture time; p50/p99 (also split: capture -> inferred,
-   inferred -> row).
+* **bare detector** — the frames decoded in memory (as they arrive: JPEG-decoded when the wire
+  encoding is JPEG), ``Detector.predict`` in chunks of ``--max-batch``, timed over all frames.
+* **pipeline round** — ``linewatch-detector serve`` and ``linewatch-storage writer`` (real
+  subprocesses, SQLite) are up and idle; the N frames are published at once (as a camera backlog)
+  and frames/s = N / (last row visible in the database - publish start).  Kafka runs on this
+  machine too.  CPU seconds per frame of detector, writer and broker are read from /proc, in total
+  and above what each burns idle (measured for ``--idle-seconds`` first): a load-independent view of
+  the pipeline's cost next to the bare detector's CPU per frame.
+* **latency** — frames published paced at ``--latency-load`` x the measured pipeline throughput;
+  capture-to-row = when the row is visible in the database (polled every 20 ms) - the frame's
+  capture time; p50/p99 (also split: capture -> inferred, inferred -> row).
 
 Also printed: the service's own time per stage (decode, infer, encode, publish, commit) from its
 ``/metrics``, which says where the pipeline loses against the bare detector.
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap the latency run at about this long (fewer frames when the pipeline is slow; default 40)")
     p.add_argument("--latency-load", type=float, default=0.5,
                    help="latency run rate as a fraction of the measured pipeline throughput (default 0.5)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="pipeline rounds, each between two bare-detector runs (bare, pipe, bare, pipe, bare; default 2)")
     p.add_argument("--idle-seconds", type=float, default=10.0,
                    help="measure the idle CPU of broker and writer this long before the run (default 10)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
@@ -253,10 +257,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         det = Detector.load(ckpt, device=args.device, batch_size=args.max_batch)
         _log(f"model {det.version}: input {det.image_size}px, device {det.device}, torch threads "
              f"{torch.get_num_threads()}; {n} frames {frames[0].shape[1]}x{frames[0].shape[0]} {args.encoding}")
-        bare_before, bare_cpu_before = bare_fps(det, frames, args.max_batch)
-        _log(f"bare detector: {bare_before:.1f} frames/s, {bare_cpu_before * 1000:.0f} CPU ms/frame")
+        bare_runs = [bare_fps(det, frames, args.max_batch)]
+        _log(f"bare detector: {bare_runs[-1][0]:.2f} frames/s, {bare_runs[-1][1] * 1000:.0f} CPU ms/frame")
 
-        # the pipeline
+        # the pipeline: services up and idle first
         settings = KafkaSettings(kafka_bootstrap=broker.bootstrap, topic_prefix=f"lwbench-{os.getpid()}")
         db_dir = work / "lwdata"
         db_dir.mkdir()
@@ -269,10 +273,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ordered.mkdir()
         for i, f in enumerate(files):
             shutil.copy(f, ordered / f"{i:06d}{f.suffix}")
-        t_pub = time.perf_counter()
-        metas = publish_folder(settings, ordered, camera_id="bench-cam", product="flange", encoding=args.encoding,
-                               partitions=None, timeout_s=300)
-        _log(f"published {len(metas)} frames as a backlog in {time.perf_counter() - t_pub:.1f}s")
 
         seen: dict[str, float] = {}
         stop = threading.Event()
@@ -281,63 +281,63 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         writer_port = free_port()
         writer = pipeline.start_writer("--batch-size", str(args.writer_batch), "--max-wait-ms", str(args.writer_wait_ms),
                                        "--http-port", str(writer_port))
-
-        def writer_polling() -> bool:
-            try:
-                return http_get(writer_port, "/healthz", timeout=2)[0] == 200
-            except OSError:
-                return False
-
-        # fixed costs: what the broker and an idle writer burn per second whatever the frame rate
-        idle_pids = {"writer": writer.pid, "broker": broker.pid()}
-        wait_for(writer_polling, 120, "the writer to poll", [writer], pipeline.logs, interval=0.2)
-        time.sleep(2.0)
-        c_idle, t_idle = {k: cpu_seconds(p) for k, p in idle_pids.items()}, time.monotonic()
-        time.sleep(args.idle_seconds)
-        idle_rate = {k: (cpu_seconds(p) - c_idle[k]) / (time.monotonic() - t_idle) for k, p in idle_pids.items()}
-        _log("idle CPU: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in idle_rate.items()))
         port = free_port()
         detector = pipeline.start_detector("--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                                            "--batches-per-commit", str(args.batches_per_commit),
                                            "--sample-rate", "0.01", http_port=port, device=args.device)
-        first_poll: list[float] = []
-        pids = {"detector": detector.pid, "writer": writer.pid, "broker": broker.pid()}
-        cpu0: dict[str, float] = {}
 
-        def started() -> bool:
+        def up(p: int, path: str) -> bool:
             try:
-                code, body = http_get(port, "/readyz", timeout=2)
+                return http_get(p, path, timeout=2)[0] == 200
             except OSError:
                 return False
-            if code == 200 and json.loads(body)["first_records_at"]:
-                first_poll.append(json.loads(body)["first_records_at"])
-                cpu0.update({k: cpu_seconds(p) for k, p in pids.items()})
-            return bool(first_poll)
 
-        wait_for(started, 300, "the detector to start", [detector, writer], pipeline.logs, interval=0.02)
-        ids = {m.frame_id for m in metas}
-        wait_for(lambda: ids <= seen.keys(), 600, f"{n} rows", [detector, writer], pipeline.logs, interval=0.05)
-        t_last = max(seen[i] for i in ids)
-        cpu_pipe = {k: (cpu_seconds(p) - cpu0.get(k, 0.0)) / n for k, p in pids.items()}
-        span = t_last - first_poll[0]
-        cpu_work = {k: v - idle_rate.get(k, 0.0) * span / n for k, v in cpu_pipe.items()}
-        pipe_fps = n / (t_last - first_poll[0])
-        with engine.connect() as c:
-            rows = c.execute(select(Inspection.frame_id, Inspection.captured_at, Inspection.inferred_at,
-                                    Inspection.stored_at)).all()
-        infer_span = max(_aware(r.inferred_at) for r in rows).timestamp() - first_poll[0]
-        detector_fps = n / infer_span
-        _log(f"pipeline: {pipe_fps:.1f} frames/s (detector alone {detector_fps:.1f} frames/s)")
-        code, body = http_get(port, "/metrics")
-        stages_throughput = stage_seconds(body.decode())
+        wait_for(lambda: up(writer_port, "/healthz") and up(port, "/readyz"), 300, "writer and detector",
+                 [writer, detector], pipeline.logs, interval=0.2)
+        time.sleep(3.0)
+        # fixed costs: what the services burn per second while idle, whatever the frame rate
+        pids = {"detector": detector.pid, "writer": writer.pid, "broker": broker.pid()}
+        c_idle, t_idle = {k: cpu_seconds(p) for k, p in pids.items()}, time.monotonic()
+        time.sleep(args.idle_seconds)
+        idle_rate = {k: (cpu_seconds(p) - c_idle[k]) / (time.monotonic() - t_idle) for k, p in pids.items()}
+        _log("idle CPU: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in idle_rate.items()))
+
+        def metrics_text() -> str:
+            return http_get(port, "/metrics")[1].decode()
+
+        pipe_runs: list[dict[str, Any]] = []
+        for rnd in range(args.rounds):
+            st0, cpu0 = stage_seconds(metrics_text()), {k: cpu_seconds(p) for k, p in pids.items()}
+            t0 = time.time()
+            metas = publish_folder(settings, ordered, camera_id=f"bench-cam-{rnd}", product="flange",
+                                   encoding=args.encoding, partitions=None, timeout_s=300)
+            ids = {m.frame_id for m in metas}
+            wait_for(lambda: ids <= seen.keys(), 1800, f"{n} rows", [detector, writer], pipeline.logs, interval=0.05)
+            t_last = max(seen[i] for i in ids)
+            cpu = {k: (cpu_seconds(p) - cpu0[k]) / n for k, p in pids.items()}
+            span = t_last - t0
+            with engine.connect() as c:
+                last_inf = max(_aware(v).timestamp() for v in c.execute(
+                    select(Inspection.inferred_at).where(Inspection.frame_id.in_(ids))).scalars())
+            st1 = stage_seconds(metrics_text())
+            run_ = {"fps": n / span, "detector_fps": n / (last_inf - t0),
+                    "cpu_ms_per_frame": {k: 1000 * v for k, v in cpu.items()},
+                    "cpu_ms_per_frame_above_idle": {k: 1000 * (v - idle_rate[k] * span / n) for k, v in cpu.items()},
+                    "stage_seconds": {k: st1[k] - st0.get(k, 0.0) for k in st1}}
+            pipe_runs.append(run_)
+            _log(f"pipeline round {rnd + 1}: {run_['fps']:.2f} frames/s (detector {run_['detector_fps']:.2f}), "
+                 f"CPU ms/frame " + ", ".join(f"{k} {v:.0f}" for k, v in run_["cpu_ms_per_frame"].items()))
+            bare_runs.append(bare_fps(det, frames, args.max_batch))
+            _log(f"bare detector: {bare_runs[-1][0]:.2f} frames/s, {bare_runs[-1][1] * 1000:.0f} CPU ms/frame")
 
         # latency at a fixed load
+        pipe_fps = statistics.mean(r["fps"] for r in pipe_runs)
         lat: dict[str, Any] = {}
         if args.latency_frames > 0:
             rate = max(0.1, args.latency_load * pipe_fps)
             count = max(10, min(args.latency_frames, int(rate * args.latency_seconds)))
-            _log(f"latency run: {count} frames at {rate:.1f} frames/s")
-            metas2 = publish_folder(settings, ordered, camera_id="bench-cam-2", product="flange",
+            _log(f"latency run: {count} frames at {rate:.2f} frames/s")
+            metas2 = publish_folder(settings, ordered, camera_id="bench-cam-latency", product="flange",
                                     encoding=args.encoding, fps=rate, limit=count, loop=True,
                                     partitions=None, timeout_s=300)
             ids2 = {m.frame_id for m in metas2}
@@ -355,31 +355,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "inferred_to_row_p50_ms": 1000 * _pct(inf_row, 0.5)}
         stop.set()
         watcher.join(5)
-        code, body = http_get(port, "/metrics")
         pipeline.close()
 
-        bare_after, bare_cpu_after = bare_fps(det, frames, args.max_batch)
-        _log(f"bare detector again: {bare_after:.1f} frames/s, {bare_cpu_after * 1000:.0f} CPU ms/frame")
-        bare = (bare_before + bare_after) / 2
-        bare_cpu = (bare_cpu_before + bare_cpu_after) / 2
-        total_stage = sum(stages_throughput.values()) or 1.0
+        # each pipeline round against the mean of the bare runs just before and after it
+        ratios = [r["fps"] / ((bare_runs[i][0] + bare_runs[i + 1][0]) / 2) for i, r in enumerate(pipe_runs)]
+        bare = statistics.mean(b[0] for b in bare_runs)
+        bare_cpu = statistics.mean(b[1] for b in bare_runs)
+        cpu_pipe = {k: statistics.mean(r["cpu_ms_per_frame"][k] for r in pipe_runs) for k in pids}
+        cpu_work = {k: statistics.mean(r["cpu_ms_per_frame_above_idle"][k] for r in pipe_runs) for k in pids}
+        stages = {k: sum(r["stage_seconds"].get(k, 0.0) for r in pipe_runs) for k in pipe_runs[0]["stage_seconds"]}
+        total_stage = sum(stages.values()) or 1.0
+        ratio = statistics.mean(ratios)
         result = {
             "frames": n, "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}", "encoding": args.encoding,
             "model_version": det.version, "image_size": det.image_size, "device": str(det.device),
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms, "partitions": args.partitions,
-            "batches_per_commit": args.batches_per_commit,
-            "bare_fps": bare, "bare_fps_before": bare_before, "bare_fps_after": bare_after,
-            "pipeline_fps": pipe_fps, "detector_service_fps": detector_fps, "ratio": pipe_fps / bare,
+            "batches_per_commit": args.batches_per_commit, "rounds": args.rounds,
+            "bare_fps": bare, "bare_fps_runs": [b[0] for b in bare_runs],
+            "pipeline_fps": pipe_fps, "pipeline_fps_runs": [r["fps"] for r in pipe_runs],
+            "detector_service_fps": statistics.mean(r["detector_fps"] for r in pipe_runs),
+            "ratio": ratio, "ratio_runs": ratios,
             "bare_cpu_ms_per_frame": 1000 * bare_cpu,
-            "pipeline_cpu_ms_per_frame": {k: 1000 * v for k, v in cpu_pipe.items()},
-            "cpu_efficiency": bare_cpu / max(1e-9, sum(cpu_pipe.values())),
+            "pipeline_cpu_ms_per_frame": cpu_pipe,
+            "cpu_efficiency": 1000 * bare_cpu / max(1e-9, sum(cpu_pipe.values())),
             "idle_cpu_cores": idle_rate,
-            "pipeline_cpu_ms_per_frame_above_idle": {k: 1000 * v for k, v in cpu_work.items()},
-            "cpu_efficiency_above_idle": bare_cpu / max(1e-9, sum(cpu_work.values())),
-            "target_ratio": 0.9, "target_met": pipe_fps / bare >= 0.9,
-            "service_stage_share": {k: v / total_stage for k, v in stages_throughput.items()},
-            "service_stage_seconds": stages_throughput,
+            "pipeline_cpu_ms_per_frame_above_idle": cpu_work,
+            "cpu_efficiency_above_idle": 1000 * bare_cpu / max(1e-9, sum(cpu_work.values())),
+            "target_ratio": 0.9, "target_met": ratio >= 0.9,
+            "service_stage_share": {k: v / total_stage for k, v in stages.items()},
+            "service_stage_seconds": stages,
             "latency": lat,
         }
         return result
@@ -395,29 +400,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(r: dict[str, Any]) -> None:
     lat = r.get("latency") or {}
+    runs = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     rows = [
-        ("frames", f"{r['frames']} x {r['frame_size']} {r['encoding']}, model {r['image_size']}px on {r['device']} "
-                   f"({r['torch_threads']} threads, {r['cpus']} CPUs), batch {r['max_batch']}"),
-        ("bare detector", f"{r['bare_fps']:.1f} frames/s (before {r['bare_fps_before']:.1f}, after {r['bare_fps_after']:.1f})"),
-        ("pipeline", f"{r['pipeline_fps']:.1f} frames/s = {100 * r['ratio']:.1f} % of bare "
-                     f"(target >= 90 %: {'met' if r['target_met'] else 'MISSED'})"),
+        ("frames", f"{r['frames']} per round x {r['frame_size']} {r['encoding']}, model {r['image_size']}px on "
+                   f"{r['device']} ({r['torch_threads']} threads, {r['cpus']} CPUs), batch {r['max_batch']}, "
+                   f"{r['batches_per_commit']} batches/commit"),
+        ("bare detector", f"{r['bare_fps']:.2f} frames/s (runs: {runs(r['bare_fps_runs'])})"),
+        ("pipeline", f"{r['pipeline_fps']:.2f} frames/s (rounds: {runs(r['pipeline_fps_runs'])})"),
+        ("pipeline / bare", f"{100 * r['ratio']:.1f} % (per round vs the bare runs around it: "
+                            + ", ".join(f"{100 * x:.1f} %" for x in r["ratio_runs"])
+                            + f"; target >= 90 %: {'met' if r['target_met'] else 'MISSED'})"),
         ("CPU per frame", f"bare {r['bare_cpu_ms_per_frame']:.0f} ms; pipeline "
                           f"{sum(r['pipeline_cpu_ms_per_frame'].values()):.0f} ms ("
                           + ", ".join(f"{k} {v:.0f}" for k, v in r["pipeline_cpu_ms_per_frame"].items())
                           + f") -> bare/pipeline = {100 * r['cpu_efficiency']:.1f} %"),
         ("CPU per frame above idle", f"pipeline {sum(r['pipeline_cpu_ms_per_frame_above_idle'].values()):.0f} ms ("
                                      + ", ".join(f"{k} {v:.0f}" for k, v in r["pipeline_cpu_ms_per_frame_above_idle"].items())
-                                     + f"; idle: " + ", ".join(f"{k} {100 * v:.1f} % of a core"
-                                                              for k, v in r["idle_cpu_cores"].items())
+                                     + "; idle: " + ", ".join(f"{k} {100 * v:.1f} % of a core"
+                                                             for k, v in r["idle_cpu_cores"].items())
                                      + f") -> bare/pipeline = {100 * r['cpu_efficiency_above_idle']:.1f} %"),
-        ("detector service alone", f"{r['detector_service_fps']:.1f} frames/s (first records -> last inference)"),
+        ("detector service alone", f"{r['detector_service_fps']:.2f} frames/s (publish start -> last inference)"),
         ("service time by stage", ", ".join(f"{k} {100 * v:.1f} %" for k, v in
                                             sorted(r["service_stage_share"].items(), key=lambda kv: -kv[1]))),
     ]
     if lat:
         rows.append(("capture -> row", f"p50 {lat['capture_to_row_p50_ms']:.0f} ms, p99 {lat['capture_to_row_p99_ms']:.0f} ms "
-                                       f"at {lat['rate_fps']:.1f} frames/s (capture -> inferred p50 "
-                                       f"{lat['capture_to_inferred_p50_ms']:.0f} ms, inferred -> row p50 "
+                                       f"({lat['frames']} frames at {lat['rate_fps']:.2f} frames/s; capture -> inferred "
+                                       f"p50 {lat['capture_to_inferred_p50_ms']:.0f} ms, inferred -> row p50 "
                                        f"{lat['inferred_to_row_p50_ms']:.0f} ms)"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
