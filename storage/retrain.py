@@ -129,18 +129,26 @@ def product_lock(store: ModelStore, product: str, engine: Engine | None = None) 
         raise LockBusy(f"another retraining of {product!r} is running (lock {d / '.retrain.lock'}); "
                        "try again when it has finished") from None
     conn = None
+    held = False
+    key = int.from_bytes(hashlib.sha256(f"linewatch-retrain:{product}".encode()).digest()[:8], "big", signed=True)
     try:
         if engine is not None and engine.dialect.name == "postgresql":
-            key = int.from_bytes(hashlib.sha256(f"linewatch-retrain:{product}".encode()).digest()[:8], "big",
-                                 signed=True)
             conn = engine.connect()
-            if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
-                raise LockBusy(f"another retraining of {product!r} is running (database lock held elsewhere)")
+            held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
             conn.commit()
+            if not held:
+                raise LockBusy(f"another retraining of {product!r} is running (database lock held elsewhere)")
         yield
     finally:
         if conn is not None:
-            conn.close()  # ends the session: PostgreSQL releases its advisory locks
+            # the connection goes back to the pool, so the session lock must be given back explicitly
+            try:
+                if held:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            except Exception:  # noqa: BLE001 - a broken connection: drop it, which ends the session
+                conn.invalidate()
+            conn.close()
         lock.release()
 
 

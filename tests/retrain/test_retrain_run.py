@@ -155,3 +155,18 @@ def test_killed_run_registers_nothing_and_the_next_run_cleans_up(line):
     with Session(db.engine) as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 2
     assert out.version in _versions(db)
+
+
+def test_postgres_lock_spans_hosts_with_separate_model_store_dirs(storage_db, tmp_path):
+    """Two hosts (own lock files) sharing one PostgreSQL database still run one retraining at a time."""
+    host_a, host_b = ModelStore(tmp_path / "a"), ModelStore(tmp_path / "b")
+    with product_lock(host_a, "flange", storage_db.engine):
+        if storage_db.backend == "postgresql":
+            with pytest.raises(LockBusy, match="database lock held elsewhere"):
+                with product_lock(host_b, "flange", storage_db.engine):
+                    pass
+        else:  # SQLite lives on one host: the lock file is the whole story
+            with product_lock(host_b, "flange", storage_db.engine):
+                pass
+    with product_lock(host_b, "flange", storage_db.engine):
+        pass
