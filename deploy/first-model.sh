@@ -45,6 +45,15 @@ if [ -s "$out" ]; then
   exit 0
 fi
 
+# the masker's ImageNet weights must be a local file: nothing is downloaded at run time
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+weights="${LINEWATCH_SHARED_DIR:-$here/../../shared}/models/tf_efficientnet_lite0_in1k.safetensors"
+if [ ! -f "$weights" ]; then
+  echo "[first-model] error: the masker's ImageNet weights are not at $weights;" \
+       "set LINEWATCH_SHARED_DIR to the folder whose models/ holds tf_efficientnet_lite0_in1k.safetensors" >&2
+  exit 2
+fi
+
 parts="${LINEWATCH_FIRST_MODEL_PARTS:-96}"
 epochs="${LINEWATCH_FIRST_MODEL_EPOCHS:-8}"
 size="${LINEWATCH_FIRST_MODEL_SIZE:-128}"
@@ -57,7 +66,7 @@ trap 'rm -rf "$work"' EXIT
 echo "[first-model] no model at $out: training a quick one on $parts simulated normal parts ($product)" >&2
 linewatch-ingest sim-write -n "$parts" --seed 1000 "$work/data/train/good" >&2
 linewatch-detector train --data "$work/data" --out "$work/model.pt" --product "$product" \
-  --image-size "$size" --channels 16 --masker-input-size "$size" \
+  --image-size "$size" --channels 16 --masker-input-size "$size" --masker-weights "$weights" \
   --mosaic-scale 8 --mask-quantile 0.5 \
   --epochs-ear "$epochs" --epochs-fader "$(( (epochs + 1) / 2 ))" --batch-size 8 \
   --device "$device" --json "$work/train.json" >&2

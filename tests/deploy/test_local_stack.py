@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 START_SH = REPO / "deploy" / "local" / "start.sh"
 STACK_PY = REPO / "deploy" / "local" / "stack.py"
 
-pytestmark = pytest.mark.kafka  # starts its own broker with deploy/kafka/kafka.sh
+pytestmark = pytest.mark.kafka  # the stack starts its own broker with deploy/kafka/kafka.sh
 
 TINY_FIRST_MODEL = {"LINEWATCH_FIRST_MODEL_SIZE": "64", "LINEWATCH_FIRST_MODEL_PARTS": "16",
                     "LINEWATCH_FIRST_MODEL_EPOCHS": "1"}
@@ -283,3 +283,14 @@ def test_local_stack_trains_the_default_first_model(tmp_path, stack_env, request
     assert (state / "first-model" / "flange.pt").is_file()
     assert (state / "first-model" / "flange.train.json").is_file()
     assert (state / "data" / "models" / "flange" / "active.json").is_file()
+
+
+def test_first_model_needs_local_masker_weights(tmp_path, stack_env):
+    """No weights are downloaded at run time: without the local file, a clear error and no model."""
+    out = tmp_path / "first" / "flange.pt"
+    env = {**stack_env, "LINEWATCH_SHARED_DIR": str(tmp_path / "no-shared"), "LINEWATCH_DATA_DIR": str(tmp_path)}
+    run = subprocess.run(["bash", str(REPO / "deploy" / "first-model.sh"), str(out), "flange"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "masker's ImageNet weights are not at" in run.stderr and "Traceback" not in run.stderr
+    assert not out.exists()
