@@ -47,7 +47,7 @@ def live_panel() -> None:
 
     inspected = sum(c.inspected for c in counts)
     rate, usual_rate = overall_rate(counts), overall_rate(usual)
-    m = st.columns(5)
+    m = st.columns([1, 1, 1.2, 1, 1.6])
     m[0].metric("Parts inspected", f"{inspected:,}", help=f"captured since {since:%Y-%m-%d %H:%M} UTC")
     m[1].metric("Parts / minute", f"{inspected / minutes:,.1f}")
     delta = None if rate is None or usual_rate is None else f"{100 * (rate - usual_rate):+.2f} pp vs usual"

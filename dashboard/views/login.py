@@ -7,10 +7,11 @@ import streamlit as st
 from dashboard.auth import attempt_login
 from dashboard.common import dashboard_settings
 
-st.title("linewatch")
-st.caption("Visual inspection dashboard. Please log in.")
+_, mid, _ = st.columns([1, 2, 1])
+mid.title("linewatch")
+mid.caption("Visual inspection dashboard. Please log in.")
 
-with st.form("login", clear_on_submit=False):
+with mid.form("login", clear_on_submit=False):
     username = st.text_input("Username", key="login_username", autocomplete="username")
     password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
     submitted = st.form_submit_button("Log in", type="primary")
@@ -20,4 +21,4 @@ if submitted:
     if result.ok:
         st.rerun()
     else:
-        st.error(result.message)
+        mid.error(result.message)
