@@ -11,7 +11,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import pct, read_session, require_role, writing
+from dashboard.common import pct, read_session, require_role, storage_settings, writing
 from storage.queries import live as live_q
 from storage.queries import thresholds as q
 from storage.thresholds import set_camera_threshold, threshold_history
@@ -57,9 +57,20 @@ if new_key not in ss:
     ss[new_key] = float(round(effective if effective is not None else 0.5, 6))
 new = top[2].number_input("New threshold", key=new_key, step=0.01, format="%.4f")
 
+@st.cache_data(ttl=60, show_spinner=False, max_entries=64)
+def _histogram(url: str, camera: str, window: str) -> q.Histogram | None:
+    """The distribution changes with the data, not with the threshold being tried: kept 60 s,
+    so trying thresholds only re-counts the rates."""
+    days = WINDOWS[window]
+    since = datetime.now(timezone.utc) - timedelta(days=days) if days else None
+    with read_session() as s:
+        return q.score_histogram(s, camera, bins=40, since=since)
+
+
+hist = _histogram(storage_settings().url, camera, window)
 with read_session() as s:
     ts = [new] if effective is None else [effective, new]
-    hist, rates = q.distribution(s, camera, ts, bins=40, since=since)
+    rates = q.rates(s, camera, ts, since=since)
 if hist is None:
     st.info("No labelled inspections for this camera in this window.")
 
