@@ -443,7 +443,7 @@ def retrain(engine: Engine, blobs: BlobStore, store: ModelStore, product: str,
     ``on_stage`` is told each stage's name as it starts (gather, train, evaluate, record).
     ``train_transform`` is applied to every training image (RGB uint8) before training, never to
     the holdout: an augmentation hook, which the proof test uses to train a deliberately worse
-    candidate (as if the camera had been out of focus) and to see that it is rejected.
+    candidate (as if the lighting had failed) and to see that it is rejected.
     """
     from detector.checkpoint import save_checkpoint
     from detector.inference import Detector

@@ -68,3 +68,9 @@ def detector_cli() -> list[str]:
     from tests.pipeline.harness import cli
 
     return cli("linewatch-detector", "detector.cli")
+
+
+def underexposed(rgb: np.ndarray) -> np.ndarray:
+    """A camera whose lighting failed: nearly black frames.  A candidate trained on them learns that
+    almost no detail is normal, so its calibrated threshold is far below real parts' scores."""
+    return (rgb.astype(np.float32) * 0.08).astype(np.uint8)
