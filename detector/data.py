@@ -192,7 +192,7 @@ def load_images(samples: list[Sample], size: int, with_masks: bool = False, prog
             img = read_image(s.path)
         except CorruptImageError as e:
             skipped.append(str(e))
-            log.warning("skipping corrupt image %s", e)
+            log.info("skipping corrupt image %s", e)
             continue
         if with_masks:
             m = np.zeros((size, size), bool)
@@ -201,7 +201,7 @@ def load_images(samples: list[Sample], size: int, with_masks: bool = False, prog
                     m = read_mask(s.mask_path, size)
                 except CorruptImageError as e:
                     skipped.append(str(e))
-                    log.warning("skipping image with corrupt mask %s", e)
+                    log.info("skipping image with corrupt mask %s", e)
                     continue
             masks.append(m)
         imgs.append(resize_square(img, size))

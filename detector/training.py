@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import DetectorConfig, FaderConfig
-from .data import LoadedImages, MVTecFolder, load_images
+from .data import DatasetError, LoadedImages, MVTecFolder, load_images
 from .metrics import calibrate_threshold, image_auroc, pixel_auroc, summarise
 from .models.anomaly import AnomalyModel
 from .models.fader import patch_errors, sampled_ranking_loss
@@ -155,7 +155,8 @@ def prepare(dataset: MVTecFolder, image_size: int, masker: Masker, tc: TrainConf
     loaded = load_images(dataset.train, image_size, progress=progress, desc="train images")
     n = len(loaded.images)
     if n < 2:
-        raise ValueError(f"dataset {dataset.root} has {n} readable training images; at least 2 are needed")
+        why = f" ({len(loaded.skipped)} corrupt skipped, e.g. {loaded.skipped[0]})" if loaded.skipped else ""
+        raise DatasetError(f"dataset {dataset.root} has {n} readable training images; at least 2 are needed{why}")
     rng = np.random.default_rng(tc.seed)
     perm = rng.permutation(n)
     n_val = min(tc.max_val, max(1, int(round(tc.val_frac * n)))) if n >= 4 else 1
@@ -403,7 +404,8 @@ def load_test(dataset: MVTecFolder, image_size: int, device: torch.device, progr
               ) -> tuple[torch.Tensor, LoadedImages]:
     loaded = load_images(dataset.test, image_size, with_masks=True, progress=progress, desc="test images")
     if len(loaded.images) == 0:
-        raise ValueError(f"dataset {dataset.root}: no readable test images")
+        why = f" ({len(loaded.skipped)} corrupt skipped, e.g. {loaded.skipped[0]})" if loaded.skipped else ""
+        raise DatasetError(f"dataset {dataset.root}: no readable test images{why}")
     return to_tensor(loaded.images, device), loaded
 
 

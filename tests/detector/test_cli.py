@@ -56,6 +56,12 @@ def test_missing_and_empty_dataset_errors(tmp_path, capsys):
     rc = main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m.pt"), *TINY])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "no images in train/good" in err
+    for i in range(2):
+        (tmp_path / "empty" / "train" / "good" / f"{i}.png").write_bytes(b"garbage")
+    rc = main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m.pt"), *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "0 readable training images" in err[-1] and err[-1].startswith("linewatch-detector: error:")
+    assert "2 corrupt skipped" in err[-1] and "not a decodable image" in err[-1]  # (tqdm bars precede it)
     rc = main(["eval", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(tmp_path / "empty")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "checkpoint not found" in err
