@@ -354,6 +354,7 @@ class DetectorService:
         try:
             for c0 in range(0, len(items), s.max_batch):
                 chunk = items[c0:c0 + s.max_batch]
+                self._beat()
                 ta = time.monotonic()
                 scored = self._infer(chunk, dead)
                 inferred_at = utcnow()

@@ -194,6 +194,17 @@ class Pipeline:
         return bool(tps) and all(ends[tp] == 0 or (committed[tp] is not None and committed[tp] >= ends[tp])
                                  for tp in tps)
 
+    def committed(self, group: str, stream: str) -> dict[int, int | None]:
+        """The group's committed offset per partition of ``stream`` (``None``: nothing committed)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        topic = self.settings.topic(stream)
+        consumer = KafkaConsumer(**self.settings.client_kwargs(), group_id=group, enable_auto_commit=False)
+        try:
+            return {p: consumer.committed(TopicPartition(topic, p)) for p in consumer.partitions_for_topic(topic) or ()}
+        finally:
+            consumer.close(autocommit=False)
+
     def read_topic(self, stream: str, idle_s: float = 1.5, timeout_s: float = 30.0) -> list[Any]:
         """Every record of ``<prefix>.<stream>`` (no group), until ``idle_s`` of silence."""
         from kafka import KafkaConsumer

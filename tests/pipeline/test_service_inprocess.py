@@ -1,0 +1,96 @@
+"""The detector service in-process on the real broker, with a producer that refuses the first sends:
+nothing may be committed before the results are acknowledged, and the batch must be redone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from kafka.errors import KafkaError
+from kafka.future import Future
+
+from ingest.producer import publish_folder
+from ingest.topics import ensure_topics
+
+from .harness import wait_for
+
+pytestmark = pytest.mark.kafka
+
+
+class FlakyProducer:
+    """Wraps a KafkaProducer; the first ``fail`` sends come back as failed futures."""
+
+    def __init__(self, real, fail: int):
+        self.real = real
+        self.fail = fail
+        self.sent = 0
+
+    def send(self, *args, **kwargs):
+        self.sent += 1
+        if self.sent <= self.fail:
+            f = Future()
+            f.failure(KafkaError("injected: broker did not acknowledge"))
+            return f
+        return self.real.send(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_results_not_acknowledged_are_neither_committed_nor_lost(kafka_test_settings, pipeline_checkpoint,
+                                                                   frames_dir):
+    from detector.service.routing import ModelHolder, load_routing
+    from detector.service.service import DetectorService
+    from detector.service.settings import ServiceSettings
+    from tests.pipeline.harness import Pipeline
+
+    settings = kafka_test_settings
+    ensure_topics(settings, 2)
+    metas = publish_folder(settings, frames_dir, camera_id="cam-f", product="toy", limit=10, partitions=None)
+    group = f"{settings.topic_prefix}-detector"
+    ss = ServiceSettings(model=pipeline_checkpoint, group=group, max_batch=4, max_wait_ms=20, device="cpu",
+                         session_timeout_ms=6000, sample_rate=0.0)
+
+    from detector.inference import Detector
+
+    holder = ModelHolder(lambda p: Detector.load(p, device="cpu", batch_size=4))
+    holder.load(load_routing(None, pipeline_checkpoint))
+    service = DetectorService(settings, ss, holder)
+    connect = service._connect
+    flaky: list[FlakyProducer] = []
+
+    def connect_with_flaky_producer() -> None:
+        connect()
+        flaky.append(FlakyProducer(service._producer, fail=3))
+        service._producer = flaky[0]
+
+    service._connect = connect_with_flaky_producer
+    probe = Pipeline.__new__(Pipeline)  # only its Kafka probes
+    probe.settings = settings
+    committed_early: list[bool] = []
+
+    def watch() -> None:  # while sends fail, the group must not commit anything
+        while not flaky or flaky[0].sent <= 3:
+            time.sleep(0.01)
+        committed_early.append(any(v is not None for v in probe.committed(group, "frames").values()))
+
+    t = threading.Thread(target=service.run, daemon=True)
+    t.start()
+    w = threading.Thread(target=watch, daemon=True)
+    w.start()
+    try:
+        wait_for(lambda: service.scored >= 10 and probe.caught_up(group, "frames"), 120, "all frames scored")
+    finally:
+        service.stop()
+        t.join(60)
+    assert not t.is_alive()
+    errors = service.metrics.registry.get_sample_value("linewatch_detector_errors_total", {"reason": "publish"})
+    assert errors >= 1
+    assert committed_early == [False]
+    results = probe.read_topic("results")
+    from detector.messages import InspectionResult
+
+    ids = [InspectionResult.from_bytes(r.value).frame_id for r in results]
+    assert set(ids) == {m.frame_id for m in metas}  # nothing lost; some may be there twice (at least once)
+    assert not probe.read_topic("deadletter", idle_s=0.5)
