@@ -507,6 +507,13 @@ def retrain(engine: Engine, blobs: BlobStore, store: ModelStore, product: str,
             act_m, as_n, as_d = evaluate_on(current, g.holdout_normal, g.holdout_defect)
             promoted, reason = decide(cand_m, act_m, settings)
             eval_min = (time.perf_counter() - t1) / 60
+            with Session(engine) as s:
+                now_active = active_version(s, product)
+            if promoted and (now_active is None or now_active.id != active_id):
+                # e.g. an operator rolled back while this run trained: never undo that silently
+                promoted = False
+                reason = (f"the active version changed during the run ({active_ver} -> "
+                          f"{now_active.version if now_active else 'none'}); not promoting over it")
 
             stage("record")
             artifact, sha, version = store.install_artifact(product, tmp_ckpt, move=True)
@@ -522,10 +529,8 @@ def retrain(engine: Engine, blobs: BlobStore, store: ModelStore, product: str,
             with write_session(engine) as s:
                 now_active = active_version(s, product)
                 if promoted and (now_active is None or now_active.id != active_id):
-                    # e.g. an operator rolled back while this run trained: never undo that silently
-                    promoted = False
-                    reason = (f"the active version changed during the run ({active_ver} -> "
-                              f"{now_active.version if now_active else 'none'}); not promoting over it")
+                    raise RetrainError(f"the active version of {product!r} changed while the run recorded its "
+                                       "result; nothing registered, run it again")
                 parent = s.get(ModelVersion, active_id)
                 mv = register_candidate(s, product, version, artifact, artifact_sha256=sha, parent=parent,
                                         train_window=(since, now), data_fingerprint=g.fingerprint(),

@@ -167,3 +167,18 @@ def test_postgres_lock_spans_hosts_with_separate_model_store_dirs(storage_db, tm
                 pass
     with product_lock(host_b, "flange", storage_db.engine):
         pass
+
+
+def test_a_rollback_during_the_run_is_not_undone(line, second_checkpoint):
+    db, ms, first = line
+    other = register_checkpoint(db.engine, ms, "flange", second_checkpoint, activate=False)
+
+    def operator_switches(stage):
+        if stage == "evaluate":  # while the candidate is evaluated, an engineer activates another version
+            register_checkpoint(db.engine, ms, "flange", second_checkpoint, activate=True, by="engineer")
+
+    out = retrain(db.engine, db.blobs, ms, "flange", RetrainSettings(**FAST), progress=False,
+                  on_stage=operator_switches)
+    assert out.status == "rejected" and "the active version changed during the run" in out.reason
+    assert ms.read_active("flange").version == other.version
+    assert "REJECTED" in out.report.read_text()
