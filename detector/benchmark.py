@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-far", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device (timing is on CPU)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in OUT_DIR/results.json, skip those (category, variant) pairs, and "
+                        "reuse a category's saved stage 1 (OUT_DIR/<category>/ear.pt) instead of retraining it")
     p.add_argument("--retime", action="store_true",
                    help="only redo the timings of the checkpoints listed in OUT_DIR/results.json (e.g. on a quiet machine)")
     p.add_argument("--threads", type=int, default=0,
@@ -175,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
     cats = find_categories(args.data_root)
     if args.categories:
         keys = [c.strip() for c in args.categories.split(",")]
-        cats = [c for c in cats if any(k in str(c) for k in keys)]
+        cats = [c for k in keys for c in cats if k in str(c)]  # in the order given
+        cats = list(dict.fromkeys(cats))
     if not cats:
         raise UserError(f"no MVTec-layout categories under {args.data_root}")
     weights = default_masker_weights()
@@ -189,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
                 "norm_default": args.norm, "data_root": str(args.data_root)}
     rows: list[dict[str, Any]] = []
     state: dict[Path, dict[str, Any]] = {}
+    if args.resume and (out_dir / "results.json").is_file():
+        rows = json.loads((out_dir / "results.json").read_text())["rows"]
+    done = {(r["category"], r["variant"]) for r in rows}
 
     def write() -> None:
         (out_dir / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2, default=str))
@@ -210,7 +217,18 @@ def run(args: argparse.Namespace) -> int:
         data = prepare(ds, dc.image_size, masker, tc, device)
         tqdm.write(f"[{ds.name}] {len(data.train)} train / {len(data.val)} held-out images, "
                    f"stage 1 {tc.epochs_ear} epochs, stage 2 {tc.epochs_fader} epochs")
-        s1 = train_ear(dc, data, tc, masker, device)
+        saved = out_dir / ds.name / "ear.pt"
+        if args.resume and saved.is_file():
+            from .checkpoint import load_model
+            from .training import StageResult
+
+            ear, meta, _ = load_model(saved, device)
+            if ear.cfg.image_size != dc.image_size or ear.cfg.unet_channels != dc.unet_channels:
+                raise UserError(f"{saved} was trained with other settings; drop --resume or use another --out-dir")
+            s1 = StageResult(ear, float(meta["timings_min"]["stage1"]), [], meta.get("mosaic_selection"))
+            tqdm.write(f"[{ds.name}] reusing stage 1 from {saved} (m={ear.cfg.mosaic_scale}, q={ear.cfg.mask_quantile})")
+        else:
+            s1 = train_ear(dc, data, tc, masker, device)
         imgs, loaded = load_test(ds, dc.image_size, device)
         sal = compute_saliency(masker, imgs, desc="masker (test)")
         frames = _frames(ds.test, 8)
@@ -220,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
         return st
 
     def do_variant(cat: Path, variant: str) -> None:
+        if (cat.name, variant) in done:
+            return
         st = ensure_stage1(cat)
         ds, tc, data, s1 = st["ds"], st["tc"], st["data"], st["s1"]
         fc = fader_config(variant, st["dc"].fader)
