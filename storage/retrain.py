@@ -14,9 +14,14 @@ What a run does, in order (:func:`retrain`):
    * *false alarms*: frames whose newest operator decision is ``false_alarm``;
    * never anything whose newest decision is ``defect_confirmed`` or ``unsure``.
 
-   Near-duplicates are removed (:func:`dedup`): a 64-bit perceptual hash (DCT pHash,
-   ``imagehash.phash``) per image; an image within ``dedup_max_distance`` bits of one already
-   kept is dropped (a part that stood still under a free-running camera).  A deterministic
+   Near-duplicates are removed (:func:`dedup`): the same part captured again (a stopped line,
+   a free-running camera), i.e. the same image up to sensor noise and compression.  Two tests:
+   a 64-bit perceptual hash (DCT pHash, ``imagehash.phash``) within ``dedup_max_distance`` bits
+   finds candidates cheaply, and the mean absolute difference of 32x32 grey thumbnails at most
+   ``dedup_max_diff`` grey levels confirms them.  The hash alone is not enough on a production
+   line: every good part looks alike by design and pHash, made to be robust to small shifts,
+   calls most of them duplicates (measured on the simulator: re-captures differ by < 1.2 grey
+   levels, different parts by >= 2.8, typically 8-14).  A deterministic
    ``holdout_fraction`` of them (by a hash of the frame id; sampled normals and false alarms
    alike, so the active model's false alarms count in the comparison) is held out of training.  Below ``min_images`` training images the run stops (:class:`NotEnoughData`).
 3. **Train** a candidate warm-started from the active checkpoint (its architecture, masker,
@@ -95,7 +100,9 @@ class RetrainSettings(BaseSettings):
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of sampled normals held out")
     low_score_ratio: float = Field(0.8, gt=0.0, le=1.0,
                                    description="a sampled normal is used only if score <= ratio x threshold")
-    dedup_max_distance: int = Field(4, ge=0, le=64, description="pHash bits: at most this far = duplicate")
+    dedup_max_distance: int = Field(10, ge=0, le=64, description="pHash bits: at most this far = maybe duplicate")
+    dedup_max_diff: float = Field(2.0, ge=0.0, description="32x32 grey thumbnails: mean |difference| at most "
+                                                           "this = duplicate (grey levels 0..255)")
     epochs_ear: int = Field(10, ge=1)
     epochs_fader: int = Field(5, ge=0)
     batch_size: int = Field(8, ge=1)
@@ -252,19 +259,28 @@ def phash(rgb: np.ndarray) -> int:
     return int(str(h), 16)
 
 
-def dedup(captures: list[Capture], max_distance: int) -> tuple[list[Capture], int]:
-    """Keep the first of every group of near-duplicates (pHash Hamming distance <= max_distance)."""
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """32x32 grey, area-averaged (sensor noise averages out), float32."""
+    import cv2
+
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def dedup(captures: list[Capture], max_distance: int, max_diff: float) -> tuple[list[Capture], int]:
+    """Keep the first of every group of near-duplicates (see the module docstring)."""
     kept: list[Capture] = []
     hashes = np.zeros(len(captures), np.uint64)
+    thumbs = np.zeros((len(captures), 32, 32), np.float32)
     n = 0
     for c in captures:
         assert c.rgb is not None
-        h = np.uint64(phash(c.rgb))
+        h, t = np.uint64(phash(c.rgb)), thumbnail(c.rgb)
         if n:
-            dist = np.bitwise_count(np.bitwise_xor(hashes[:n], h))
-            if int(dist.min()) <= max_distance:
+            near = np.flatnonzero(np.bitwise_count(np.bitwise_xor(hashes[:n], h)) <= max_distance)
+            if near.size and float(np.abs(thumbs[near] - t).mean(axis=(1, 2)).min()) <= max_diff:
                 continue
-        hashes[n] = h
+        hashes[n], thumbs[n] = h, t
         n += 1
         kept.append(c)
     return kept, len(captures) - len(kept)
@@ -277,7 +293,7 @@ def gather(session: Session, blobs: BlobStore, product: str, since: datetime | N
     # false alarms first: they are the rarer, more informative images, so they win over a duplicate
     normals.sort(key=lambda c: (c.kind != "false_alarm", -c.captured_at.timestamp()))
     normals = _load(normals, blobs, skipped, "loading captures", progress)
-    normals, n_dup = dedup(normals, settings.dedup_max_distance)
+    normals, n_dup = dedup(normals, settings.dedup_max_distance, settings.dedup_max_diff)
     defects = _load(defects, blobs, skipped, "loading confirmed defects", progress)
     # false alarms are held out too: normals the active model flagged belong in a fair comparison
     holdout = [c for c in normals if in_holdout(c.frame_id, settings.holdout_fraction)]
@@ -395,7 +411,7 @@ def write_report(md_path: Path, png_path: Path, *, product: str, version: str, a
         *[f"* {k.replace('_', ' ')}: {v}" for k, v in gathered.counts.items()],
         f"* fingerprint: `{gathered.fingerprint()}`",
         f"* warm start from `{active_version}`; epochs EAR {settings.epochs_ear}, FADeR {settings.epochs_fader}; "
-        f"training {timings.get('train_min', 0):.1f} min, evaluation {timings.get('eval_min', 0):.1f} min",
+        f"training {timings.get('train_min', 0) * 60:.0f} s, evaluation {timings.get('eval_min', 0) * 60:.0f} s",
         "",
     ]
     if gathered.skipped:

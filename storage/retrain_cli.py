@@ -81,7 +81,10 @@ def _add_retrain_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--low-score-ratio", type=float, metavar="R",
                    help="a sampled normal is used only if its score <= R x its threshold (default 0.8)")
     g.add_argument("--dedup-max-distance", type=int, metavar="BITS",
-                   help="images whose 64-bit perceptual hashes differ in at most BITS bits are duplicates (default 4)")
+                   help="near-duplicate candidates: 64-bit perceptual hashes at most BITS bits apart (default 10)")
+    g.add_argument("--dedup-max-diff", type=float, metavar="GREY",
+                   help="...are duplicates if their 32x32 grey thumbnails differ by at most GREY levels on "
+                        "average (default 2.0; re-captures of one part differ by ~1, different parts by 3+)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs-ear", type=int, metavar="N", help="stage-1 epochs (default 10)")
     g.add_argument("--epochs-fader", type=int, metavar="N", help="stage-2 epochs (default 5)")
@@ -101,6 +104,7 @@ def _add_retrain_args(p: argparse.ArgumentParser) -> None:
 
 
 _RETRAIN_FIELDS = ("min_images", "max_images", "holdout_fraction", "low_score_ratio", "dedup_max_distance",
+                   "dedup_max_diff",
                    "epochs_ear", "epochs_fader", "batch_size", "target_far", "device", "margin_auroc", "margin_far")
 
 
@@ -235,7 +239,7 @@ COMMANDS = [
     Command("retrain", "retrain a product's model on recent normal captures; promote it only if not worse",
             "Gather the product's captures since the active version's training window: sampled normal frames the\n"
             "detector scored low plus frames operators marked false alarm (never confirmed defects or 'unsure');\n"
-            "remove near-duplicates (perceptual hash); refuse below --min-images.  Train a candidate warm-started\n"
+            "remove near-duplicates (perceptual hash + thumbnail difference); refuse below --min-images.  Train a candidate warm-started\n"
             "from the active model, calibrate its threshold for --target-far, and evaluate candidate and active on\n"
             "the same holdout (held-out recent normals + every confirmed defect).  Promote it if its image AUROC\n"
             "and false-alarm rate are not worse than the active model's by more than the margins; otherwise\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import cv2
 import numpy as np
 import pytest
 from sqlalchemy.orm import Session
@@ -58,14 +59,20 @@ def _cap(i: int, rgb: np.ndarray) -> Capture:
     return Capture(i, f"f{i}", T0, "sampled", f"k{i}", "image/png", "0" * 64, 0.1, rgb)
 
 
-def test_dedup_drops_near_duplicates_keeps_distinct_parts():
-    a = part_image(0)[..., ::-1].copy()
+def test_dedup_drops_recaptures_keeps_distinct_parts():
+    a = part_image(0, size=256)[..., ::-1].copy()
     noisy = np.clip(a.astype(int) + np.random.default_rng(0).integers(-3, 4, a.shape), 0, 255).astype(np.uint8)
-    b, c = part_image(1)[..., ::-1].copy(), part_image(2)[..., ::-1].copy()
+    jpeg = cv2.cvtColor(cv2.imdecode(cv2.imencode(".jpg", a[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])[1], 1),
+                        cv2.COLOR_BGR2RGB)
+    others = [part_image(i, size=256)[..., ::-1].copy() for i in range(1, 21)]
     assert phash(a) == phash(a.copy())
-    kept, removed = dedup([_cap(0, a), _cap(1, a.copy()), _cap(2, noisy), _cap(3, b), _cap(4, c)], max_distance=4)
-    assert [k.inspection_id for k in kept] == [0, 3, 4] and removed == 2
-    kept, removed = dedup([_cap(0, a), _cap(1, a.copy())], max_distance=0)
+    caps = [_cap(0, a), _cap(1, a.copy()), _cap(2, noisy), _cap(3, jpeg)] + [_cap(10 + i, o) for i, o in enumerate(others)]
+    kept, removed = dedup(caps, max_distance=10, max_diff=2.0)
+    assert [k.inspection_id for k in kept] == [0] + list(range(10, 30)) and removed == 3
+    # the hash alone would merge different good parts: they all look alike
+    kept_hash_only, _ = dedup(caps, max_distance=10, max_diff=255.0)
+    assert len(kept_hash_only) < 10
+    kept, removed = dedup([_cap(0, a), _cap(1, a.copy())], max_distance=0, max_diff=0.0)
     assert removed == 1, "identical images are duplicates even at distance 0"
 
 
