@@ -362,10 +362,10 @@ def write_report(md_path: Path, png_path: Path, *, product: str, version: str, a
 
     from detector.model_store import atomic_write_bytes
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True, sharey=True)
+    allv = np.concatenate([np.r_[sn, sd] for sn, sd in scores.values()] + [[act["threshold"], cand["threshold"]]])
+    bins = np.linspace(float(allv.min()), float(allv.max()) + 1e-9, 30)  # same bins: compare side by side
     for ax, (name, (sn, sd)), thr in zip(axes, scores.items(), (act["threshold"], cand["threshold"])):
-        allv = np.r_[sn, sd, [thr]]
-        bins = np.linspace(float(allv.min()), float(allv.max()) + 1e-9, 30)
         ax.hist(sn, bins=bins, alpha=0.6, label=f"normal holdout ({len(sn)})", color="tab:blue")
         if len(sd):
             ax.hist(sd, bins=bins, alpha=0.6, label=f"confirmed defects ({len(sd)})", color="tab:red")
