@@ -21,8 +21,11 @@ if [ ! -x "$_lw_venv/bin/python" ]; then
   "$_lw_venv/bin/python" -m pip install -q --upgrade pip
 fi
 
-_lw_stamp="$_lw_venv/.linewatch-$(cat "$_lw_root/pyproject.toml" <(echo "$_lw_root" "$_lw_extras") | sha256sum | cut -c1-16)"
-if [ ! -f "$_lw_stamp" ]; then
+# One stamp per (pyproject, checkout, extras); the "test" extra is a superset of none, so a
+# plain run after a test run does not reinstall (and the next test run does not either).
+_lw_key="$(cat "$_lw_root/pyproject.toml" <(echo "$_lw_root") | sha256sum | cut -c1-16)"
+_lw_stamp="$_lw_venv/.linewatch-$_lw_key-${_lw_extras:-base}"
+if [ ! -f "$_lw_stamp" ] && ! { [ -z "$_lw_extras" ] && [ -f "$_lw_venv/.linewatch-$_lw_key-test" ]; }; then
   echo "[bootstrap] installing linewatch${_lw_extras:+[$_lw_extras]} and its dependencies"
   _lw_spec="$_lw_root"
   [ -n "$_lw_extras" ] && _lw_spec="$_lw_root[$_lw_extras]"
