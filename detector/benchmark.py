@@ -38,10 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="results.json, results.md and one checkpoint per category/variant (default /tmp/linewatch-bench)")
     p.add_argument("--categories", default=None, help="comma-separated substrings to select categories")
     p.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma-separated (default {','.join(ALL_VARIANTS)})")
-    p.add_argument("--image-size", type=int, default=128, help="model input (default 128, sized for a 2-core CPU)")
+    p.add_argument("--image-size", type=int, default=96, help="model input (default 96, sized for a 2-core CPU)")
     p.add_argument("--channels", type=int, default=16, help="U-Net base width (default 16)")
-    p.add_argument("--stage1-passes", type=int, default=10000, help="stage-1 training length in image passes")
-    p.add_argument("--stage2-passes", type=int, default=3000, help="stage-2 training length per variant, in image passes")
+    p.add_argument("--stage1-passes", type=int, default=6000, help="stage-1 training length in image passes (default 6000)")
+    p.add_argument("--stage2-passes", type=int, default=1500,
+                   help="stage-2 training length per variant, in image passes (default 1500)")
     p.add_argument("--norm", default="minmax", choices=["minmax", "fixed"], help="default FADeR normalisation")
     p.add_argument("--fps-seconds", type=float, default=4.0, help="timing length per measurement")
     p.add_argument("--target-far", type=float, default=0.01)
@@ -52,8 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "reuse a category's saved stage 1 (OUT_DIR/<category>/ear.pt) instead of retraining it")
     p.add_argument("--retime", action="store_true",
                    help="only redo the timings of the checkpoints listed in OUT_DIR/results.json (e.g. on a quiet machine)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (default: torch's choice); 1 is much faster when other jobs share the CPU")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1: two threads were 4-5x slower, not faster, while other jobs "
+                        "shared the 2-core machine; 0 = torch's choice)")
 
 
 def _frames(samples, n: int) -> list[np.ndarray]:
