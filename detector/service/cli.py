@@ -25,6 +25,13 @@ see detector/service/settings.py); the options below override them.
 Signals: SIGTERM/SIGINT finish the current batch, commit and exit 0; SIGHUP reloads the routing
 file and checkpoints and switches to them between two batches.
 
+Model registry (hot reload): the service follows the model store (--model-store): a product with
+an active version (<store>/<product>/active.json, written by 'linewatch-detector register',
+'retrain' and 'rollback') is scored by that version, and per-camera thresholds saved on the
+dashboard (<store>/thresholds.json) override the checkpoints'. Changes are noticed within about a
+second (LINEWATCH_DETECTOR_STORE_POLL_S), loaded in the background and switched to between two
+batches; a new checkpoint that does not load is logged and the current one keeps serving.
+
 Routing file (JSON or YAML):
   {"default": "models/flange.pt", "products": {"bottle": "models/bottle.pt"},
    "cameras": {"cam-07": "models/cam07.pt"}, "thresholds": {"cameras": {"cam-07": 0.42}}}
@@ -39,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", metavar="CKPT", help="default checkpoint (LINEWATCH_DETECTOR_MODEL)")
     g.add_argument("--routes", metavar="FILE", help="routing file, JSON or YAML (LINEWATCH_DETECTOR_ROUTES)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="inference device (default auto)")
+    g.add_argument("--model-store", metavar="DIR",
+                   help="model store to follow: <DIR>/<product>/active.json routes the product to its active "
+                        "version, <DIR>/thresholds.json holds per-camera thresholds; changes are picked up "
+                        "between batches (LINEWATCH_MODEL_STORE_DIR, default <LINEWATCH_DATA_DIR>/models)")
     g = p.add_argument_group("consuming")
     g.add_argument("--group", metavar="ID", help="consumer group (default linewatch-detector)")
     g.add_argument("--max-batch", type=int, metavar="N", help="frames per inference batch (default 8)")
@@ -87,7 +98,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from ingest.kafka_config import KafkaSettings
 
     from .observability import ServiceMetrics, serve_http, setup_logging
-    from .routing import ModelHolder, RoutingError, load_routing
+    from detector.model_store import ModelStore
+
+    from .routing import ModelHolder, RoutingError
+    from .store_reload import StoreReloader, StoreRouting
     from .service import DetectorService
 
     settings = _settings(args)
@@ -98,9 +112,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - pydantic validation of LINEWATCH_KAFKA_*
         raise UserError(f"Kafka settings: {str(exc).splitlines()[0]}") from None
 
-    def routing():
-        return load_routing(settings.routes, settings.model)
-
+    store = ModelStore(args.model_store) if getattr(args, "model_store", None) else ModelStore.from_env()
+    routing = StoreRouting(settings.routes, settings.model, store)
+    revision = store.revision()  # before reading: a change while the models load is picked up after
     try:
         routes = routing()
     except RoutingError as exc:
@@ -108,7 +122,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     metrics = ServiceMetrics()
     holder = ModelHolder(lambda path: _load_detector(path, settings))
-    service = DetectorService(kafka, settings, holder, metrics, routing_factory=routing)
+    reloader = StoreReloader(holder, routing, settings.store_poll_s)
+    service = DetectorService(kafka, settings, holder, metrics, routing_factory=routing, reloader=reloader)
     # signals first: a SIGTERM while the models load still ends the process cleanly
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
@@ -120,6 +135,7 @@ def run_serve(args: argparse.Namespace) -> int:
         log.info("health and metrics", extra={"kv": {"port": server.server_address[1]}})
     try:
         ms = holder.load(routes)  # CheckpointError -> one-line error, exit 2 (detector.cli.main)
+        reloader.watcher.mark_seen(revision)
         log.info("models loaded", extra={"kv": {"versions": ",".join(f"{v}={p}" for p, v in ms.versions().items()),
                                                 "device": settings.device}})
         if service.stopping:

@@ -24,7 +24,9 @@ frame id once.  A rebalance while a batch is being gathered rewinds the gathered
 were not processed yet), so nothing is skipped either.
 
 Models are taken from the :class:`ModelHolder` once per batch and swapped only between batches;
-every result carries the ``model_version`` of the checkpoint that scored it.
+every result carries the ``model_version`` of the checkpoint that scored it.  Between batches the
+service also polls the model store (:mod:`.store_reload`): a version the registry made active, or a
+threshold saved on the dashboard, is loaded in the background and switched to the same way.
 
 Dead letters go to ``<prefix>.deadletter`` with the original key, value and headers plus
 ``lw-dlq-reason`` (one line), ``lw-dlq-code`` (``empty``, ``oversized``, ``schema``,
@@ -93,12 +95,14 @@ class PublishError(RuntimeError):
 class DetectorService:
     def __init__(self, kafka: KafkaSettings, settings: ServiceSettings, holder: ModelHolder,
                  metrics: ServiceMetrics | None = None, *,
-                 routing_factory: Callable[[], RoutingConfig] | None = None):
+                 routing_factory: Callable[[], RoutingConfig] | None = None,
+                 reloader: Any | None = None):
         self.kafka = kafka
         self.settings = settings
         self.holder = holder
         self.metrics = metrics or ServiceMetrics()
         self.routing_factory = routing_factory
+        self.reloader = reloader  # .store_reload.StoreReloader: model store changes (issue 5 hot reload)
         self.max_frame_bytes = settings.max_frame_bytes or kafka.kafka_max_message_bytes
         self.record_limit = kafka.kafka_max_message_bytes
         self.frames_topic = kafka.topic("frames")
@@ -255,6 +259,8 @@ class DetectorService:
         try:
             while not self._stop.is_set():
                 self._beat()
+                if self.reloader is not None:
+                    self.reloader.poll()  # cheap (stat calls, throttled); loading happens in a thread
                 if self.holder.activate() is not None:
                     self.metrics.swaps.inc()
                     self.metrics.set_models(self.holder.current.versions())

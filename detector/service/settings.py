@@ -27,6 +27,9 @@ variable                              default                 meaning
 ``LINEWATCH_DETECTOR_HTTP_PORT``      (off)                   ``/healthz`` ``/readyz`` ``/metrics``
 ``LINEWATCH_DETECTOR_LOG_FORMAT``     ``logfmt``              ``logfmt`` or ``json``
 ``LINEWATCH_DETECTOR_TOPIC_PARTITIONS`` ``6``                 partitions for topics the service must create
+``LINEWATCH_DETECTOR_STORE_POLL_S``   ``1.0``                 how often the model store is checked (stat only)
+``LINEWATCH_MODEL_STORE_DIR``         ``<data dir>/models``   model store followed for active versions and
+                                                              dashboard thresholds (:mod:`.store_reload`)
 ====================================  ======================  ================================================
 """
 
@@ -63,3 +66,4 @@ class ServiceSettings(BaseSettings):
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     flush_timeout_s: float = Field(60.0, gt=0)
     stall_after_s: float = Field(120.0, gt=0, description="/healthz fails when the loop is stuck this long")
+    store_poll_s: float = Field(1.0, ge=0, description="how often the model store is checked for changes")
