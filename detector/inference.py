@@ -90,4 +90,5 @@ class Detector:
         return Prediction(sc, sc > thr, [np.ascontiguousarray(m, dtype=np.float32) for m in maps], thr)
 
     def score_images(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """Image scores only (``predict(frames).scores``); used by the retraining job."""
         return self.predict(frames).scores

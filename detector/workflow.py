@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .checkpoint import load_model, save_checkpoint
 from .config import DetectorConfig, FaderConfig
 from .data import MVTecFolder, load_images
 from .models.anomaly import AnomalyModel
 from .models.maskers import masker_identity
-from .training import (PreparedData, TrainConfig, build_masker_for, calibrate_on, compute_saliency,
-                       evaluate, load_test, prepare, resolve_device, to_tensor, train_ear, train_fader)
-from .metrics import calibrate_threshold
+from .training import (PreparedData, TrainConfig, build_masker_for, calibrate_on, evaluate, load_test, prepare,
+                       resolve_device, to_tensor, train_ear, train_fader)
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,11 @@
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from detector.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from detector.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from detector.inference import Detector, Prediction
 
 

@@ -2,11 +2,10 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from detector.cli import COMMANDS, build_parser, main
+from detector.cli import COMMANDS, main
 
 from .conftest import LITE0
 
