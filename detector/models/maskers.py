@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from detector.model_store import file_sha256
+
 
 @dataclass
 class MaskerConfig:
@@ -41,14 +43,6 @@ class MaskerConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MaskerConfig":
         return cls(**d)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:
