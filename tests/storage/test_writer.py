@@ -266,8 +266,14 @@ def test_health_and_metrics_endpoint(line):
                 return False
 
         wait_for(healthy, 30, "/healthz", writer)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
+
+        def metrics_text() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+
+        # the counter moves after the offset commit, a moment after the rows become visible
+        wait_for(lambda: "linewatch_writer_results_stored_total 5.0" in metrics_text(), 10, "stored counter", writer)
+        text = metrics_text()
         assert "linewatch_writer_results_stored_total 5.0" in text
     except BaseException:
         print(line.logs())
