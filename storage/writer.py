@@ -22,14 +22,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from pydantic import ValidationError
@@ -347,33 +346,18 @@ class ResultWriter:
 # ---------------------------------------------------------------------- health / metrics
 
 def serve_http(writer: ResultWriter, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    """/healthz, /readyz (healthy while the consumer polled within a minute) and /metrics.
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            if self.path.startswith("/metrics"):
-                body, ctype, code = generate_latest(writer.metrics.registry), CONTENT_TYPE_LATEST, 200
-            elif self.path.startswith(("/healthz", "/readyz")) or self.path == "/":
-                age = time.time() - writer.last_poll if writer.last_poll else None
-                ok = age is not None and age < 60
-                body = json.dumps({"status": "ok" if ok else "starting" if age is None else "stalled",
-                                   "last_poll_age_s": age}).encode()
-                ctype, code = "application/json", 200 if ok else 503
-            else:
-                body, ctype, code = b"not found\n", "text/plain", 404
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    The HTTP server is the detector service's (upstream); only the health rule is the writer's.
+    """
+    from detector.service.observability import serve_http as serve_health_http
 
-        def log_message(self, *args: Any) -> None:
-            pass
+    def health() -> tuple[bool, dict]:
+        age = time.time() - writer.last_poll if writer.last_poll else None
+        ok = age is not None and age < 60
+        return ok, {"status": "ok" if ok else "starting" if age is None else "stalled", "last_poll_age_s": age}
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="writer-http", daemon=True).start()
-    return server
+    return serve_health_http(writer.metrics, health, health, port, host)
 
 
 def _summarize(exc: ValidationError) -> str:
