@@ -15,10 +15,7 @@ from .common import as_utc, dialect_of, time_bucket
 _FLAGGED = func.sum(case((Inspection.is_anomalous, 1), else_=0))
 
 
-@dataclass(frozen=True)
-class CameraCounts:
-    line_id: str
-    camera_id: str
+class _AnomalyRate:
     inspected: int
     flagged: int
 
@@ -28,16 +25,20 @@ class CameraCounts:
 
 
 @dataclass(frozen=True)
-class SeriesPoint:
+class CameraCounts(_AnomalyRate):
+    line_id: str
+    camera_id: str
+    inspected: int
+    flagged: int
+
+
+@dataclass(frozen=True)
+class SeriesPoint(_AnomalyRate):
     bucket_start: datetime
     line_id: str
     camera_id: str
     inspected: int
     flagged: int
-
-    @property
-    def rate(self) -> float | None:
-        return self.flagged / self.inspected if self.inspected else None
 
 
 def _camera_lines(session: Session) -> list[tuple[str, str]]:
