@@ -5,18 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.detector.conftest import _one_torch_thread  # noqa: F401  (autouse: one torch thread here too)
 from tests.storage.fixtures import postgres_url, sqlite_db, storage_backend, storage_db  # noqa: F401
-
-
-@pytest.fixture(scope="package", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: faster than two when other jobs share a small CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
