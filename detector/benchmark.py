@@ -40,9 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma-separated (default {','.join(ALL_VARIANTS)})")
     p.add_argument("--image-size", type=int, default=96, help="model input (default 96, sized for a 2-core CPU)")
     p.add_argument("--channels", type=int, default=16, help="U-Net base width (default 16)")
-    p.add_argument("--stage1-passes", type=int, default=6000, help="stage-1 training length in image passes (default 6000)")
-    p.add_argument("--stage2-passes", type=int, default=1500,
-                   help="stage-2 training length per variant, in image passes (default 1500)")
+    p.add_argument("--stage1-passes", type=int, default=12000,
+                   help="stage-1 training length in image passes (default 12000: about 64 epochs of 188 images, "
+                        "8 minutes on one quiet CPU thread at 96 px)")
+    p.add_argument("--stage2-passes", type=int, default=6000,
+                   help="stage-2 training length per variant, in image passes (default 6000; with a 1500-3000 pass "
+                        "stage 2 FADeR stayed below EAR on magnetic_tile, see BENCHMARK.md)")
     p.add_argument("--norm", default="minmax", choices=["minmax", "fixed"], help="default FADeR normalisation")
     p.add_argument("--fps-seconds", type=float, default=4.0, help="timing length per measurement")
     p.add_argument("--target-far", type=float, default=0.01)

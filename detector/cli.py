@@ -120,7 +120,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs-fader", type=int, default=100, help="stage-2 epochs (default 100, the paper's)")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--lr", type=float, default=1e-3, help="stage-1 U-Net learning rate (Adam)")
-    g.add_argument("--fader-lr", type=float, default=1e-3, help="stage-2 head learning rate; decoder gets 0.1x")
+    g.add_argument("--fader-lr", type=float, default=3e-3,
+                   help="stage-2 head learning rate (default 3e-3); the decoder gets 0.1x")
     g.add_argument("--schedule", default="sgdr", choices=["fixed", "warmup", "sgdr"],
                    help="learning-rate schedule: fixed, linear warm-up then constant, or warm-up then SGDR (default)")
     g.add_argument("--target-far", type=float, default=0.01,
