@@ -43,9 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage1-passes", type=int, default=12000,
                    help="stage-1 training length in image passes (default 12000: about 64 epochs of 188 images, "
                         "8 minutes on one quiet CPU thread at 96 px)")
-    p.add_argument("--stage2-passes", type=int, default=6000,
-                   help="stage-2 training length per variant, in image passes (default 6000; with a 1500-3000 pass "
-                        "stage 2 FADeR stayed below EAR on magnetic_tile, see BENCHMARK.md)")
+    p.add_argument("--stage2-passes", type=int, default=12000,
+                   help="stage-2 training length per variant, in image passes (default 12000; at 6000 FADeR's lead "
+                        "over EAR on magnetic_tile depended on the seed, see BENCHMARK.md)")
     p.add_argument("--norm", default="minmax", choices=["minmax", "fixed"], help="default FADeR normalisation")
     p.add_argument("--fps-seconds", type=float, default=4.0, help="timing length per measurement")
     p.add_argument("--target-far", type=float, default=0.01)

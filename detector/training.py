@@ -38,7 +38,7 @@ from .config import DetectorConfig, FaderConfig
 from .data import DatasetError, LoadedImages, MVTecFolder, load_images
 from .metrics import calibrate_threshold, image_auroc, pixel_auroc, summarise
 from .models.anomaly import AnomalyModel
-from .models.fader import patch_errors, sampled_ranking_loss
+from .models.fader import patch_errors, patch_ranking_loss
 from .models.maskers import Masker, build_masker
 from .models.mosaic import cell_topq_mask, obfuscate
 from .models.msgms import msgms_loss, ssim_loss
@@ -65,7 +65,8 @@ class TrainConfig:
     w_l2: float = 1.0
     w_msgms: float = 1.0
     w_ssim: float = 1.0
-    pairs_per_image: int = 256
+    # ranking pairs per image: all N*N patch pairs up to this many (a 96 px image at m=8 has 20736), else sampled
+    max_pairs_per_image: int = 65536
     m_candidates: tuple[int, ...] = (4, 8, 16)
     q_candidates: tuple[float, ...] = (0.25, 0.5, 0.75)
     select_frac: float = 0.4
@@ -363,7 +364,7 @@ def train_fader(ear: AnomalyModel, fader_cfg: FaderConfig, data: PreparedData, t
             labels = patch_errors(x, recon.detach(), m)
             with autocast(device):
                 pred = fader.predict(xo)
-            loss_k = sampled_ranking_loss(pred.float(), labels, fader_cfg.margin, tc.pairs_per_image, gen)
+            loss_k = patch_ranking_loss(pred.float(), labels, fader_cfg.margin, tc.max_pairs_per_image, gen)
             opt_head.zero_grad(set_to_none=True)
             loss_k.backward()
             opt_head.step()

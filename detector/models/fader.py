@@ -40,12 +40,19 @@ def ranking_loss(pred_i: torch.Tensor, pred_j: torch.Tensor, true_i: torch.Tenso
     return loss[keep].mean()
 
 
-def sampled_ranking_loss(pred: torch.Tensor, target: torch.Tensor, margin: float, pairs: int,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
-    """Ranking loss over ``pairs`` random patch pairs within each image (``pred``/``target``: [B, N])."""
+def patch_ranking_loss(pred: torch.Tensor, target: torch.Tensor, margin: float, max_pairs: int,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ranking loss over the patch pairs within each image (``pred``/``target``: [B, N]).
+
+    Every ordered pair (i, j) when N * N <= ``max_pairs``, otherwise ``max_pairs`` random pairs.
+    All pairs are the default because sampled pairs made stage 2 noisy: with 256 random pairs of
+    the 1296 in a 6 x 6 grid, magnetic_tile's FADeR AUROC spread 0.734-0.759 over seeds (see BENCHMARK.md).
+    """
     b, n = pred.shape
-    i = torch.randint(0, n, (b, pairs), generator=generator).to(pred.device)
-    j = torch.randint(0, n, (b, pairs), generator=generator).to(pred.device)
+    if n * n <= max_pairs:
+        return ranking_loss(pred[:, :, None], pred[:, None, :], target[:, :, None], target[:, None, :], margin)
+    i = torch.randint(0, n, (b, max_pairs), generator=generator).to(pred.device)
+    j = torch.randint(0, n, (b, max_pairs), generator=generator).to(pred.device)
     return ranking_loss(pred.gather(1, i), pred.gather(1, j), target.gather(1, i), target.gather(1, j), margin)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from detector.models.fader import FADeR, GATE_EPS, patchify, ranking_loss, sampled_ranking_loss
+from detector.models.fader import FADeR, GATE_EPS, patch_ranking_loss, patchify, ranking_loss
 from detector.models.mosaic import cell_topq_mask, mosaic, obfuscate
 from detector.models.msgms import msgms_loss, msgms_map, ssim_loss
 from detector.models.unet import UNet
@@ -38,10 +38,25 @@ def test_ranking_loss_zero_when_ordered_beyond_margin_positive_otherwise():
     assert within.item() > 0.0  # right order but inside the margin
     wrong = ranking_loss(ordered_j, ordered_i, true_i, true_j, margin)
     assert wrong.item() > within.item() > 0.0
-    # sampled version on a perfectly ordered prediction with wide gaps -> 0
+    # over an image's patches, all pairs (16 * 16 <= 256) and sampled (64 < 256): a perfectly ordered
+    # prediction with wide gaps costs nothing, a reversed one does
     target = torch.arange(16.0).repeat(2, 1)
-    assert sampled_ranking_loss(target * 1.0, target, margin, 64, torch.Generator().manual_seed(0)).item() == 0.0
-    assert sampled_ranking_loss(-target, target, margin, 64, torch.Generator().manual_seed(0)).item() > 0.0
+    for max_pairs in (256, 64):
+        gen = torch.Generator().manual_seed(0)
+        assert patch_ranking_loss(target * 1.0, target, margin, max_pairs, gen).item() == 0.0
+        assert patch_ranking_loss(-target, target, margin, max_pairs, gen).item() > 0.0
+
+
+def test_patch_ranking_loss_uses_every_pair_when_allowed():
+    margin = 0.1
+    pred, target = torch.randn(3, 10), torch.randn(3, 10)
+    every = ranking_loss(pred[:, :, None], pred[:, None, :], target[:, :, None], target[:, None, :], margin)
+    assert torch.equal(patch_ranking_loss(pred, target, margin, 100), every)
+    # one swapped pair in an otherwise perfectly ordered image is always seen with all pairs
+    ordered = torch.arange(10.0)[None]
+    swapped = ordered.clone()
+    swapped[0, [3, 4]] = swapped[0, [4, 3]]
+    assert patch_ranking_loss(swapped, ordered, margin, 100).item() > 0.0
 
 
 @pytest.mark.parametrize("norm", ["minmax", "fixed"])
