@@ -15,6 +15,7 @@ and the mean, next to the stage 1's EAR on the same test images; ``--json`` writ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
           f"EAR image AUROC {ear_auc:.4f}", flush=True)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
-        tc = TrainConfig(**{**base.to_dict(), "seed": seed})
+        tc = dataclasses.replace(base, seed=seed)
         s2 = train_fader(ear, FaderConfig(), data, tc, device, progress=False)
         auc = image_auroc(labels, score_images(s2.model, imgs, sal)[1])
         rows.append({"seed": seed, "image_auroc": auc, "stage2_min": s2.minutes})
