@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     ear, _, _ = load_model(args.stage1, device)
     ds = MVTecFolder.open(Path(args.data), need_test=True)
-    n_train = max(1, len(ds.train) - min(32, round(0.1 * len(ds.train))))  # as the benchmark counts them
-    base = TrainConfig(epochs_fader=max(1, round(args.stage2_passes / n_train)), seed=args.split_seed)
+    base = TrainConfig(seed=args.split_seed)
+    data = prepare(ds, ear.cfg.image_size, ear.masker, base, device, progress=False)
+    base.epochs_fader = max(1, round(args.stage2_passes / len(data.train)))
     if args.max_pairs is not None:
         base.max_pairs_per_image = args.max_pairs
-    data = prepare(ds, ear.cfg.image_size, ear.masker, base, device, progress=False)
     imgs, loaded = load_test(ds, ear.cfg.image_size, device, progress=False)
     sal = compute_saliency(ear.masker, imgs)
     labels = np.array([s.label for s in loaded.samples])
