@@ -30,7 +30,7 @@ ALL_VARIANTS = ["ear", "fader", "fader-binary", "fader-bilinear", "fader-vit", "
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import shared_dir
+    from .paths import shared_dir
 
     p.add_argument("--data-root", default=str(shared_dir() / "data"),
                    help="folder searched for MVTec-layout categories (default ../shared/data)")
@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .checkpoint import save_checkpoint
-    from .cli import UserError, default_masker_weights
+    from .errors import UserError
+    from .paths import default_masker_weights
     from .config import DetectorConfig, FaderConfig
     from .data import MVTecFolder, find_categories
     from .inference import Detector
@@ -294,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def retime(args: argparse.Namespace) -> int:
-    from .cli import UserError
+    from .errors import UserError
     from .data import MVTecFolder, find_categories
     from .inference import Detector
 

@@ -30,7 +30,7 @@ import torch
 
 from .config import DetectorConfig
 from .models.anomaly import AnomalyModel
-from .models.maskers import state_sha256
+from .hashing import state_sha256
 
 FORMAT = "linewatch-detector"
 FORMAT_VERSION = 1

@@ -16,11 +16,15 @@ import importlib
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from .errors import UserError
+from .paths import default_masker_weights
+
+__all__ = ["Command", "UserError", "add_command", "main"]
 
 PROG = "linewatch-detector"
 PLUGIN_MODULES = ("detector.service.cli",)
@@ -42,20 +46,6 @@ def add_command(subparsers: Any, cmd: Command) -> argparse.ArgumentParser:
     cmd.add_arguments(p)
     p.set_defaults(func=cmd.run)
     return p
-
-
-class UserError(Exception):
-    """A one-line error for the user (exit status 2)."""
-
-
-def shared_dir() -> Path:
-    env = os.environ.get("LINEWATCH_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
-
-
-def default_masker_weights() -> str | None:
-    p = shared_dir() / "models" / "tf_efficientnet_lite0_in1k.safetensors"
-    return str(p) if p.is_file() else None
 
 
 def _write_json(path: str | None, obj: dict[str, Any]) -> None:

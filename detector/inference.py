@@ -22,7 +22,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_model
 from .data import resize_square, to_rgb
-from .training import autocast, resolve_device
+from .device import autocast, resolve_device
 
 __all__ = ["Detector", "Prediction", "CheckpointError"]
 

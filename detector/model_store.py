@@ -22,7 +22,6 @@ worst a ``.tmp-*`` file that is ignored.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,8 @@ from pathlib import Path
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .hashing import file_sha256
 
 ACTIVE = "active.json"
 THRESHOLDS = "thresholds.json"
@@ -76,14 +77,6 @@ def check_name(kind: str, name: str) -> str:
         raise ModelStoreError(f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-' "
                               "(at most 100, not starting with '.', '_' or '-')")
     return name
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def version_of(sha256: str) -> str:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import DetectorConfig, FaderConfig
+from .device import autocast, resolve_device  # noqa: F401 - resolve_device re-exported for callers
 from .data import DatasetError, LoadedImages, MVTecFolder, load_images
 from .metrics import calibrate_threshold, image_auroc, pixel_auroc, summarise
 from .models.anomaly import AnomalyModel
@@ -77,22 +78,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
-
-
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def lr_lambda(total_steps: int, tc: TrainConfig) -> Callable[[int], float]:

@@ -28,7 +28,8 @@ import logging
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from detector.model_store import ModelStore, file_sha256
+from detector.hashing import file_sha256
+from detector.model_store import ModelStore
 
 from .models import ModelVersion, utcnow
 

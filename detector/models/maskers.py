@@ -14,7 +14,6 @@ checkpoint is loaded -- from the state dict stored in the checkpoint (``pretrain
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from detector.model_store import file_sha256
+from ..hashing import file_sha256, state_sha256
 
 
 @dataclass
@@ -43,16 +42,6 @@ class MaskerConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MaskerConfig":
         return cls(**d)
-
-
-def state_sha256(state: dict[str, torch.Tensor]) -> str:
-    """Content hash of a state dict (names, dtypes, shapes, bytes) -- independent of the file format."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        t = state[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _create(cfg: MaskerConfig, **extra: Any) -> nn.Module:

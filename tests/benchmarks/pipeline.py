@@ -135,7 +135,7 @@ def quick_checkpoint(image_size: int, channels: int) -> Path:
     out = cache / f"quick-{image_size}px-{channels}ch.pt"
     if out.is_file():
         return out
-    from detector.cli import default_masker_weights
+    from detector.paths import default_masker_weights
     from detector.config import DetectorConfig, FaderConfig
     from detector.models.maskers import MaskerConfig
     from detector.training import TrainConfig
