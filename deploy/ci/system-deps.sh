@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages the tests need, installed once per machine:
-# Debian's postgresql (storage tests) and chromium (dashboard browser tests),
+# Debian's postgresql (storage tests), chromium (dashboard browser tests), mosquitto (MQTT bridge tests),
 # and the Kafka broker's jars (resolved from Maven Central into a cache outside the repo).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -8,6 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "[system-deps] installing ${need[*]} from Debian"
   sudo_cmd=""
