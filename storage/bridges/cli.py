@@ -52,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="MQTT broker port (LINEWATCH_MQTT_PORT, default 1883)")
     p.add_argument("--topic-root", help="first topic level (LINEWATCH_MQTT_TOPIC_ROOT, default linewatch)")
     p.add_argument("--client-id", help="MQTT client id (LINEWATCH_MQTT_CLIENT_ID, default linewatch-bridge-<host>)")
+
+    p = sub.add_parser("opcua", formatter_class=fmt, help="serve verdicts as OPC UA variables, one object per camera",
+                       description="An OPC UA server (asyncua) with Objects/Linewatch/<line>/<camera>/{Verdict,\n"
+                                   "IsAnomalous, Score, Threshold, PartId, Product, ModelVersion, FrameId, Seq,\n"
+                                   "CapturedAt, InferredAt, Count}; string node ids ns=<i>;s=<line>/<camera>/<name>.\n"
+                                   "Count is written last: subscribe to it to read a consistent verdict.")
+    common(p)
+    p.add_argument("--endpoint", help="listen address (LINEWATCH_OPCUA_ENDPOINT, default "
+                                      "opc.tcp://0.0.0.0:4840/linewatch/)")
+    p.add_argument("--namespace", help="namespace URI of the nodes (LINEWATCH_OPCUA_NAMESPACE, default urn:linewatch)")
     return parser
 
 
@@ -66,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    for noisy in ("kafka", "asyncua"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return run(args)
     except (ValidationError, RuntimeError, OSError) as exc:
