@@ -29,10 +29,12 @@ What a run does, in order (:func:`retrain`):
    threshold is calibrated for ``target_far`` on a held-out part of the training images.
 4. **Evaluate** candidate and active on the same holdout: the held-out recent normals plus every
    confirmed defect of the product.  Image AUROC (when there are defects; scikit-learn, raw
-   scores) and the false-alarm rate of each at its own threshold.
-5. **Decide**: promote only if the candidate's AUROC is at least the active one's minus
-   ``margin_auroc`` and its false-alarm rate at most the active one's plus ``margin_far``;
-   otherwise record it as ``rejected`` with the reason.
+   scores), and the false-alarm and detection rates of each at its own threshold.
+5. **Decide** (:func:`criteria`): promote only if the candidate's AUROC is at least the active
+   one's minus ``margin_auroc``, its false-alarm rate at most the active one's plus ``margin_far``
+   and its detection rate (confirmed defects above its own threshold) at least the active one's
+   minus ``margin_detection``; otherwise record it as ``rejected`` with the reason.  A criterion
+   without data (no confirmed defects yet) is reported as not compared.
 6. **Record**, all or nothing: the checkpoint is written under a temporary name in the store,
    loaded back and evaluated, then renamed to ``<version>.ckpt``; the report
    (``<version>.report.md`` + ``<version>.scores.png`` next to it) is written; then ONE database
@@ -111,6 +113,8 @@ class RetrainSettings(BaseSettings):
     target_far: float = Field(0.01, gt=0.0, lt=1.0, description="false-alarm rate the threshold is set for")
     margin_auroc: float = Field(0.02, ge=0.0, description="candidate AUROC may be this much lower")
     margin_far: float = Field(0.02, ge=0.0, description="candidate false-alarm rate may be this much higher")
+    margin_detection: float = Field(0.05, ge=0.0, description="candidate detection rate (confirmed defects above "
+                                                              "its threshold) may be this much lower")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 
@@ -330,20 +334,60 @@ def evaluate_on(detector: Any, normal: list[Capture], defect: list[Capture], thr
     return m, sn, sd
 
 
+@dataclass(frozen=True)
+class Criterion:
+    """One promotion criterion: the candidate's value against the active one's, with its margin."""
+
+    name: str
+    candidate: float | None
+    active: float | None
+    margin: float
+    higher_is_better: bool
+    n: int  # images it was measured on
+
+    @property
+    def compared(self) -> bool:
+        return not any(v is None or math.isnan(v) for v in (self.candidate, self.active))
+
+    @property
+    def passed(self) -> bool:
+        if not self.compared:
+            return True  # nothing to compare on (e.g. no confirmed defects yet): not a reason to reject
+        if self.higher_is_better:
+            return self.candidate >= self.active - self.margin
+        return self.candidate <= self.active + self.margin
+
+    def describe(self) -> str:
+        if not self.compared:
+            return f"{self.name} not compared (measured on {self.n} images)"
+        if self.passed:
+            return f"{self.name} {self.candidate:.4f} vs active {self.active:.4f}"
+        sign, cmp = ("-", "<") if self.higher_is_better else ("+", ">")
+        return f"{self.name} {self.candidate:.4f} {cmp} active {self.active:.4f} {sign} margin {self.margin}"
+
+
+def criteria(candidate: dict[str, Any], active: dict[str, Any], settings: RetrainSettings) -> list[Criterion]:
+    """The three things a candidate must not lose: ranking (AUROC), false alarms and detection, the
+    last two each at its own calibrated threshold.  AUROC alone misses a candidate whose threshold
+    lands above the defects; the false-alarm rate alone rewards exactly that."""
+    n_normal, n_defect = int(candidate.get("n_normal") or 0), int(candidate.get("n_defect") or 0)
+    return [
+        Criterion("image AUROC", candidate.get("image_auroc"), active.get("image_auroc"), settings.margin_auroc,
+                  True, n_normal + n_defect),
+        Criterion("false-alarm rate", candidate.get("false_alarm_rate"), active.get("false_alarm_rate"),
+                  settings.margin_far, False, n_normal),
+        Criterion("detection rate", candidate.get("detection_rate"), active.get("detection_rate"),
+                  settings.margin_detection, True, n_defect),
+    ]
+
+
 def decide(candidate: dict[str, Any], active: dict[str, Any], settings: RetrainSettings) -> tuple[bool, str]:
-    """-> (promote?, reason)."""
-    reasons = []
-    ca, aa = candidate.get("image_auroc"), active.get("image_auroc")
-    if ca is not None and aa is not None and not (math.isnan(ca) or math.isnan(aa)):
-        if ca < aa - settings.margin_auroc:
-            reasons.append(f"image AUROC {ca:.4f} < active {aa:.4f} - margin {settings.margin_auroc}")
-    cf, af = candidate["false_alarm_rate"], active["false_alarm_rate"]
-    if cf > af + settings.margin_far:
-        reasons.append(f"false-alarm rate {cf:.4f} > active {af:.4f} + margin {settings.margin_far}")
-    if reasons:
-        return False, "; ".join(reasons)
-    auroc = "" if ca is None else f"image AUROC {ca:.4f} vs active {aa:.4f}, "
-    return True, f"not worse than the active model: {auroc}false-alarm rate {cf:.4f} vs {af:.4f}"
+    """-> (promote?, reason): promote only when no criterion is lost beyond its margin."""
+    checks = criteria(candidate, active, settings)
+    failed = [c.describe() for c in checks if not c.passed]
+    if failed:
+        return False, "; ".join(failed)
+    return True, "not worse than the active model: " + ", ".join(c.describe() for c in checks)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -400,8 +444,18 @@ def write_report(md_path: Path, png_path: Path, *, product: str, version: str, a
         "| --- | ---: | ---: |",
         *[f"| {label} | {f(act.get(k))} | {f(cand.get(k))} |" for label, k in rows],
         "",
-        f"Margins: AUROC may drop by at most {settings.margin_auroc}, the false-alarm rate rise by at most "
-        f"{settings.margin_far}. Target false-alarm rate for the candidate's threshold: {settings.target_far}.",
+        "## Promotion criteria",
+        "",
+        "| criterion | active | candidate | rule | met |",
+        "| --- | ---: | ---: | --- | :---: |",
+        *[f"| {c.name} | {f(c.active)} | {f(c.candidate)} | "
+          f"{'at least active -' if c.higher_is_better else 'at most active +'} {c.margin} | "
+          f"{('yes' if c.passed else '**no**') if c.compared else 'not compared'} |"
+          for c in criteria(cand, act, settings)],
+        "",
+        "False-alarm and detection rates are each model's at its own calibrated threshold, on the same "
+        "held-out normals and confirmed defects. Target false-alarm rate for the candidate's threshold: "
+        f"{settings.target_far}.",
         "",
         f"![score histograms]({png_path.name})",
         "",

@@ -97,6 +97,9 @@ def _add_retrain_args(p: argparse.ArgumentParser) -> None:
                    help="promote only if the candidate's image AUROC >= active's - D (default 0.02)")
     g.add_argument("--margin-far", type=float, metavar="D",
                    help="promote only if the candidate's false-alarm rate <= active's + D (default 0.02)")
+    g.add_argument("--margin-detection", type=float, metavar="D",
+                   help="promote only if the candidate's detection rate (confirmed defects above its own threshold) "
+                        ">= active's - D (default 0.05)")
     p.add_argument("--by", default="retrain", help="recorded as who created/promoted the version (default retrain)")
     p.add_argument("--json", metavar="PATH", help="also write the outcome as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -105,7 +108,8 @@ def _add_retrain_args(p: argparse.ArgumentParser) -> None:
 
 _RETRAIN_FIELDS = ("min_images", "max_images", "holdout_fraction", "low_score_ratio", "dedup_max_distance",
                    "dedup_max_diff",
-                   "epochs_ear", "epochs_fader", "batch_size", "target_far", "device", "margin_auroc", "margin_far")
+                   "epochs_ear", "epochs_fader", "batch_size", "target_far", "device", "margin_auroc", "margin_far",
+                   "margin_detection")
 
 
 def run_retrain(args: argparse.Namespace) -> int:
@@ -241,8 +245,9 @@ COMMANDS = [
             "detector scored low plus frames operators marked false alarm (never confirmed defects or 'unsure');\n"
             "remove near-duplicates (perceptual hash + thumbnail difference); refuse below --min-images.  Train a candidate warm-started\n"
             "from the active model, calibrate its threshold for --target-far, and evaluate candidate and active on\n"
-            "the same holdout (held-out recent normals + every confirmed defect).  Promote it if its image AUROC\n"
-            "and false-alarm rate are not worse than the active model's by more than the margins; otherwise\n"
+            "the same holdout (held-out recent normals + every confirmed defect).  Promote it if its image AUROC,\n"
+            "false-alarm rate and detection rate (each at its own threshold) are not worse than the active\n"
+            "model's by more than the margins; otherwise\n"
             "record it as rejected with the reason.  Writes <version>.report.md and <version>.scores.png next to\n"
             "the checkpoint.  One run per product at a time (lock); a crash registers nothing.\n"
             "Exit status: 0 done (promoted or rejected), 2 not run (not enough data, locked, bad input).\n\n"

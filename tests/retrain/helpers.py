@@ -74,3 +74,23 @@ def underexposed(rgb: np.ndarray) -> np.ndarray:
     """A camera whose lighting failed: nearly black frames.  A candidate trained on them learns that
     almost no detail is normal, so its calibrated threshold is far below real parts' scores."""
     return (rgb.astype(np.float32) * 0.08).astype(np.uint8)
+
+
+def _dark_blob(rgb: np.ndarray, key: int) -> np.ndarray:
+    out = rgb.copy()
+    rng = np.random.default_rng(key)
+    h, w = out.shape[:2]
+    cx, cy = int(rng.uniform(0.38, 0.62) * w), int(rng.uniform(0.38, 0.62) * h)
+    cv2.circle(out, (cx, cy), max(2, w // 7), (10, 10, 10), -1)
+    return out
+
+
+def blotched_part(i: int, *, seed: int = 2) -> np.ndarray:
+    """A part with a large dark blotch on its face: a defect even the tiny test model scores high."""
+    return _dark_blob(part_image(i, seed=seed), i)
+
+
+def contaminated(rgb: np.ndarray) -> np.ndarray:
+    """Training data that let blotched parts through as normal: a candidate trained on them learns the
+    blotch as normal, calibrates its threshold above it, and misses the defects it used to catch."""
+    return _dark_blob(rgb, int(rgb.sum()) % 10007)

@@ -32,7 +32,9 @@ RETRAIN_ENV = {"LINEWATCH_RETRAIN_MIN_IMAGES": "16", "LINEWATCH_RETRAIN_EPOCHS_E
                "LINEWATCH_RETRAIN_LR": "1e-5", "LINEWATCH_RETRAIN_FADER_LR": "1e-5",
                # the tiny model's scores spread wide: the borderline rule is tested on its own (test_gather)
                "LINEWATCH_RETRAIN_LOW_SCORE_RATIO": "1.0",
-               "LINEWATCH_RETRAIN_MARGIN_AUROC": "0.25", "LINEWATCH_RETRAIN_MARGIN_FAR": "0.1"}
+               "LINEWATCH_RETRAIN_MARGIN_AUROC": "0.25", "LINEWATCH_RETRAIN_MARGIN_FAR": "0.1",
+               # likewise its detection rate on ~7 subtle defects: the criterion is tested in test_retrain_run
+               "LINEWATCH_RETRAIN_MARGIN_DETECTION": "1.0"}
 
 
 def _ingest(pipe: Pipeline, seed: int, count: int) -> None:

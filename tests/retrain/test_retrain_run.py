@@ -17,12 +17,16 @@ from detector.inference import Detector
 from detector.model_store import ModelStore
 from storage import registry as reg
 from storage.models import ModelVersion
-from storage.retrain import (LockBusy, NotEnoughData, RetrainSettings, product_lock, register_checkpoint,
+from storage.retrain import (LockBusy, NotEnoughData, RetrainSettings, decide, product_lock, register_checkpoint,
                              retrain)
-from tests.retrain.helpers import T0, capture, detector_cli, label, store, underexposed
+from tests.retrain.helpers import T0, blotched_part, capture, contaminated, detector_cli, label, store, underexposed
 
 FAST = dict(min_images=16, min_holdout=4, epochs_ear=2, epochs_fader=1, device="cpu", margin_auroc=0.1,
-            margin_far=0.1)
+            margin_far=0.1, margin_detection=1.0)
+# the tiny test model cannot tell the simulator's subtle painted defects apart (image AUROC ~0.5), so
+# the run's machinery is tested with detection not compared (margin 1); the detection criterion has
+# its own tests below, on blotched parts the tiny model does detect
+DETECTION = {**FAST, "margin_detection": RetrainSettings.model_fields["margin_detection"].default}
 
 
 def _line_day(db, n_normal: int = 48, n_false_alarm: int = 6, n_defect: int = 6) -> None:
@@ -182,3 +186,70 @@ def test_a_rollback_during_the_run_is_not_undone(line, second_checkpoint):
     assert out.status == "rejected" and "the active version changed during the run" in out.reason
     assert ms.read_active("flange").version == other.version
     assert "REJECTED" in out.report.read_text()
+
+
+# ---------------------------------------------------------------------------------- detection criterion
+
+def test_a_candidate_that_loses_detection_is_rejected_though_auroc_and_false_alarms_are_fine():
+    """The nightly run that promoted a candidate whose detection fell from 1.0 to 0.14 (7 confirmed
+    defects: all caught, then one): AUROC and false-alarm rate alone said 'not worse'."""
+    active = {"image_auroc": 0.962, "false_alarm_rate": 0.010, "detection_rate": 7 / 7, "n_normal": 100,
+              "n_defect": 7}
+    candidate = {"image_auroc": 0.971, "false_alarm_rate": 0.0, "detection_rate": 1 / 7, "n_normal": 100,
+                 "n_defect": 7}
+    promoted, reason = decide(candidate, active, RetrainSettings())
+    assert not promoted
+    assert reason == "detection rate 0.1429 < active 1.0000 - margin 0.05", reason
+    # the two old criteria on their own would have promoted it
+    assert decide(candidate, active, RetrainSettings(margin_detection=1.0))[0]
+    # without confirmed defects there is nothing to compare detection on: said, not held against it
+    no_defects = {**candidate, "detection_rate": None, "image_auroc": None, "n_defect": 0}
+    promoted, reason = decide(no_defects, {**active, "detection_rate": None, "image_auroc": None}, RetrainSettings())
+    assert promoted and "detection rate not compared" in reason, reason
+
+
+def _blotched_line(db, n_normal: int = 48, n_defect: int = 7) -> None:
+    results = [capture(i, kind="sampled", score=0.05, seed=2) for i in range(n_normal)]
+    results += [capture(200 + i, kind="flagged", score=0.9, seed=2, image=blotched_part(i)) for i in range(n_defect)]
+    ids = store(db, results)
+    for r in results[n_normal:]:
+        label(db, ids[r.frame_id], "defect_confirmed")
+
+
+def test_contaminated_candidate_loses_detection_and_is_rejected(sqlite_db, tiny_checkpoint):
+    ms = ModelStore(sqlite_db.settings.model_store_dir)
+    first = register_checkpoint(sqlite_db.engine, ms, "flange", tiny_checkpoint)
+    _blotched_line(sqlite_db)
+
+    out = retrain(sqlite_db.engine, sqlite_db.blobs, ms, "flange", RetrainSettings(**DETECTION), progress=False,
+                  train_transform=contaminated)
+    cand, act = out.metrics, out.metrics["active"]
+    assert out.status == "rejected", (out.reason, cand, act)
+    assert cand["detection_rate"] < act["detection_rate"] - 0.05
+    assert out.reason.startswith("detection rate "), out.reason
+    assert ms.read_active("flange").version == first.version
+    report = out.report.read_text()
+    # all three criteria, for both models, in the report
+    for name in ("image AUROC", "false-alarm rate", "detection rate"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {name} |") and "at " in line)
+        assert row.count("|") == 6, row
+    assert f"| detection rate | {act['detection_rate']:.4f} | {cand['detection_rate']:.4f} |" in report
+    assert "**no**" in report
+
+
+def test_a_candidate_that_detects_more_than_a_blind_active_model_is_promoted(sqlite_db, tiny_checkpoint,
+                                                                             tmp_path):
+    from detector.checkpoint import load_model, save_checkpoint
+
+    model, meta, _ = load_model(tiny_checkpoint)
+    blind = tmp_path / "blind.pt"  # the same weights with a threshold no part reaches: detects nothing
+    save_checkpoint(blind, model, {**meta, "threshold": 1e6})
+    ms = ModelStore(sqlite_db.settings.model_store_dir)
+    first = register_checkpoint(sqlite_db.engine, ms, "flange", blind)
+    _blotched_line(sqlite_db)
+
+    out = retrain(sqlite_db.engine, sqlite_db.blobs, ms, "flange", RetrainSettings(**DETECTION), progress=False)
+    assert out.status == "active", out.reason
+    assert out.metrics["active"]["detection_rate"] == 0.0 < out.metrics["detection_rate"]
+    assert "detection rate" in out.reason
+    assert _versions(sqlite_db) == {first.version: "retired", out.version: "active"}
