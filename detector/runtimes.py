@@ -1,0 +1,314 @@
+"""Inference runtimes: one family module run by PyTorch, TorchScript, ONNX Runtime or OpenVINO.
+
+Every runtime is a callable ``uint8 images [B,3,S,S] (numpy) -> (scores float32 [B], maps float32
+[B,1,S,S])``: the family module's export contract (:mod:`detector.models.registry`), with the
+pre- and post-processing inside the model.  What stays outside the graph is the same for every
+backend and lives here too (:func:`to_batch`, :func:`maps_at_frame_size`): frames of any size are
+resized to the square input, and maps come back at each frame's own resolution.
+
+An *export folder* (written by :mod:`detector.export`) holds the exported model file(s) and
+``linewatch-export.json``: the format, one model file per precision, the checkpoint's metadata
+(family, product, threshold, version, input size; also stored inside each model file) and the
+parity report.
+
+ONNX Runtime and OpenVINO are optional extras (``pip install linewatch[onnx]`` /
+``linewatch[openvino]``); :func:`available_backends` says which are installed.  On CUDA, the torch
+backend runs under autocast and ONNX Runtime uses the TensorRT / CUDA execution providers when
+they are installed (that path has not been run on a GPU yet).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .data import resize_square, to_rgb
+from .device import autocast
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "linewatch-export.json"
+EXPORT_VERSION = 1
+FORMATS = ("onnx", "openvino", "torchscript")
+BACKENDS = ("torch", "torchscript", "onnxruntime", "openvino")
+# which backends can run which export format (OpenVINO reads ONNX files directly)
+FORMAT_BACKENDS = {"onnx": ("onnxruntime", "openvino"), "openvino": ("openvino",), "torchscript": ("torchscript",)}
+_BACKEND_PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch", "torchscript": "torch"}
+
+
+class RuntimeUnavailable(RuntimeError):
+    """A backend that is not installed or cannot run the given model; the message is one line."""
+
+
+def available_backends() -> list[str]:
+    return [b for b in BACKENDS if importlib.util.find_spec(_BACKEND_PACKAGE[b]) is not None]
+
+
+def require_backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise RuntimeUnavailable(f"unknown backend {name!r} (choose from auto, {', '.join(BACKENDS)})")
+    if name not in available_backends():
+        extra = "onnx" if name == "onnxruntime" else name
+        raise RuntimeUnavailable(f"backend {name} is not installed (pip install 'linewatch[{extra}]')")
+
+
+# ------------------------------------------------------------------------------ around the graph
+def to_batch(frames: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """uint8 HxW / HxWx3 frames of any size -> uint8 ``[B,3,S,S]`` (C-contiguous)."""
+    arr = np.stack([resize_square(to_rgb(f), size) for f in frames])
+    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+
+
+def maps_at_frame_size(maps: np.ndarray, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``[B,1,S,S]`` maps -> one float32 HxW map per frame at the frame's resolution (bilinear)."""
+    out = []
+    for f, a in zip(frames, maps[:, 0]):
+        h, w = np.asarray(f).shape[:2]
+        a = a if (h, w) == a.shape else cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
+        out.append(np.ascontiguousarray(a, dtype=np.float32))
+    return out
+
+
+def run_frames(runtime: "Runtime", frames: Sequence[np.ndarray], size: int,
+               batch_size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Score frames in chunks of ``batch_size`` -> (scores float32 [N], maps at each frame's size)."""
+    frames = list(frames)
+    scores: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
+    for i in range(0, len(frames), batch_size):
+        chunk = frames[i:i + batch_size]
+        s, m = runtime(to_batch(chunk, size))
+        scores.append(s)
+        maps += maps_at_frame_size(m, chunk)
+    sc = np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)
+    return sc, maps
+
+
+# ------------------------------------------------------------------------------------ backends
+class Runtime(ABC):
+    """``runtime(images uint8 [B,3,S,S]) -> (scores float32 [B], maps float32 [B,1,S,S])``."""
+
+    name: str = ""
+    precision: str = "fp32"
+
+    @abstractmethod
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def describe(self) -> str:
+        return self.name if self.precision == "fp32" else f"{self.name} {self.precision}"
+
+
+def _outputs(scores: Any, maps: Any) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(scores, dtype=np.float32).reshape(-1), np.asarray(maps, dtype=np.float32)
+
+
+class TorchRuntime(Runtime):
+    """The family module in eager PyTorch (autocast on CUDA, float32 on CPU)."""
+
+    name = "torch"
+
+    def __init__(self, module: torch.nn.Module, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        with autocast(self.device):
+            scores, maps = self.module(x)
+        return _outputs(scores.float().cpu().numpy(), maps.float().cpu().numpy())
+
+
+class TorchScriptRuntime(TorchRuntime):
+    name = "torchscript"
+
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "torch.jit is deprecated": the format is what was asked for
+            module = torch.jit.load(str(path), map_location=torch.device(device))
+        super().__init__(module, device)
+
+
+def onnx_providers(device: str = "auto") -> list[str]:
+    """TensorRT, then CUDA, then CPU: those of them this onnxruntime build has (CPU only for 'cpu')."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    wanted = ["CPUExecutionProvider"]
+    if device in ("auto", "cuda"):
+        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] + wanted
+    chosen = [p for p in wanted if p in have]
+    if device == "cuda" and chosen == ["CPUExecutionProvider"]:
+        raise RuntimeUnavailable("device 'cuda' requested but this onnxruntime has no CUDA execution provider "
+                                 "(install onnxruntime-gpu)")
+    return chosen
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None, precision: str = "fp32"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.precision = precision
+        self.session = ort.InferenceSession(str(path), opts, providers=onnx_providers(device))
+        self.providers = self.session.get_providers()
+        self._input = self.session.get_inputs()[0].name
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, maps = self.session.run(None, {self._input: np.ascontiguousarray(images, dtype=np.uint8)})
+        return _outputs(scores, maps)
+
+
+class OpenVinoRuntime(Runtime):
+    """OpenVINO on its CPU plugin (or ``device`` = ``GPU`` / ``AUTO``), reading IR (.xml) or ONNX files.
+
+    Inference precision is pinned to f32: on CPUs with bf16 units OpenVINO would otherwise pick bf16
+    by itself and the scores would no longer match PyTorch's.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None, precision: str = "fp32"):
+        import openvino as ov
+
+        core = ov.Core()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"} if device.startswith("CPU") else {}
+        if threads and device.startswith("CPU"):
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.precision = precision
+        self.compiled = core.compile_model(core.read_model(str(path)), device, config)
+        self._request = self.compiled.create_infer_request()
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        res = self._request.infer({0: np.ascontiguousarray(images, dtype=np.uint8)})
+        scores, maps = (res[out] for out in self.compiled.outputs)
+        return _outputs(scores, maps)
+
+
+# ------------------------------------------------------------------------------ export folders
+@dataclass
+class ExportInfo:
+    """What ``linewatch-export.json`` in an export folder says."""
+
+    dir: Path
+    format: str
+    models: dict[str, str]  # precision -> model file name in dir
+    metadata: dict[str, Any]  # family, product, threshold, version, image_size, ... (also in the model files)
+    checkpoint_meta: dict[str, Any] = field(default_factory=dict)  # the source checkpoint's full meta
+    parity: dict[str, Any] = field(default_factory=dict)
+
+    def model_path(self, precision: str = "fp32") -> Path:
+        if precision not in self.models:
+            raise RuntimeUnavailable(f"export {self.dir} has no {precision} model (it has {', '.join(self.models)})")
+        return self.dir / self.models[precision]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"export_version": EXPORT_VERSION, "format": self.format, "models": self.models,
+                "metadata": self.metadata, "checkpoint_meta": self.checkpoint_meta, "parity": self.parity}
+
+
+def is_export(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / MANIFEST).is_file()
+
+
+def read_export(path: str | Path) -> ExportInfo:
+    """Parse an export folder; ValueError with one line when it is not a usable one."""
+    p = Path(path)
+    if not (p / MANIFEST).is_file():
+        raise ValueError(f"{p} is not an export folder (no {MANIFEST}; write one with 'linewatch-detector export')")
+    try:
+        d = json.loads((p / MANIFEST).read_text())
+        version = d["export_version"]
+        if not isinstance(version, int) or version > EXPORT_VERSION:
+            raise ValueError(f"export version {version!r}; this build reads up to {EXPORT_VERSION}")
+        info = ExportInfo(p, d["format"], dict(d["models"]), dict(d["metadata"]), dict(d.get("checkpoint_meta", {})),
+                          dict(d.get("parity", {})))
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"export folder {p} has an unreadable {MANIFEST} ({str(e).splitlines()[0][:200]})") from None
+    if info.format not in FORMATS:
+        raise ValueError(f"export folder {p} has unknown format {info.format!r}")
+    for name in info.models.values():
+        if not (p / name).is_file():
+            raise ValueError(f"export folder {p} is incomplete: {name} is missing")
+    return info
+
+
+def open_export_runtime(info: ExportInfo, backend: str, precision: str = "fp32", device: str = "auto",
+                        threads: int | None = None) -> Runtime:
+    """The runtime ``backend`` for an export folder's model at ``precision``."""
+    if backend not in FORMAT_BACKENDS[info.format]:
+        raise RuntimeUnavailable(f"backend {backend} cannot run a {info.format} export "
+                                 f"(use {' or '.join(FORMAT_BACKENDS[info.format])})")
+    require_backend(backend)
+    path = info.model_path(precision)
+    if backend == "onnxruntime":
+        return OnnxRuntime(path, device, threads, precision)
+    if backend == "openvino":
+        return OpenVinoRuntime(path, "GPU" if device == "cuda" else "CPU", threads, precision)
+    dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    return TorchScriptRuntime(path, dev)
+
+
+# ----------------------------------------------------------------------------- choosing one
+@dataclass
+class Timing:
+    backend: str
+    ms_per_frame: float
+
+
+def time_runtime(runtime: Runtime, size: int, batch: int, repeats: int = 3) -> float:
+    """Milliseconds per frame at ``batch``: one untimed warm-up call, then the best of ``repeats``."""
+    images = np.random.default_rng(0).integers(0, 256, (batch, 3, size, size), dtype=np.uint8)
+    runtime(images)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        runtime(images)
+        best = min(best, time.perf_counter() - t)
+    return best * 1000.0 / batch
+
+
+def fastest(candidates: dict[str, Callable[[], Runtime]], size: int, batch: int,
+            repeats: int = 3) -> tuple[Runtime, list[Timing]]:
+    """Build each candidate, time it on random frames, keep the fastest (the others are dropped).
+
+    A candidate that fails to build or run is skipped with a warning; when all fail, the last
+    error is raised.
+    """
+    best: tuple[float, Runtime] | None = None
+    timings: list[Timing] = []
+    error: Exception | None = None
+    for name, make in candidates.items():
+        try:
+            rt = make()
+            ms = time_runtime(rt, size, batch, repeats)
+        except Exception as e:  # noqa: BLE001 - a broken optional backend must not stop the others
+            log.warning("backend %s skipped: %s", name, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            error = e
+            continue
+        timings.append(Timing(name, ms))
+        if best is None or ms < best[0]:
+            best = (ms, rt)
+    if best is None:
+        raise RuntimeUnavailable(f"no backend could run the model ({error})")
+    chosen = best[1]
+    log.info("backend auto chose %s: %s (ms per frame at batch %d, best of %d after a warm-up)",
+             chosen.describe(), ", ".join(f"{t.backend} {t.ms_per_frame:.1f}" for t in timings), batch, repeats)
+    return chosen, timings

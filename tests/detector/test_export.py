@@ -1,0 +1,161 @@
+"""Export (ONNX, OpenVINO, TorchScript) with parity, and the runtimes that run the exports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from detector.export import ExportError, ParityImages, export_module, generated_images, read_model_metadata
+from detector.runtimes import (MANIFEST, RuntimeUnavailable, TorchRuntime, available_backends, fastest,
+                               open_export_runtime, read_export, run_frames)
+
+FORMATS = [f for f, need in (("onnx", "onnxruntime"), ("openvino", "openvino"), ("torchscript", "torch"))
+           if need in available_backends()]
+
+
+class TinyReconstruction(nn.Module):
+    """A module with the family export contract: uint8 in, (scores, maps) out, processing inside."""
+
+    def __init__(self, image_size: int = 32):
+        super().__init__()
+        self.image_size = image_size
+        self.enc = nn.Conv2d(3, 8, 3, padding=1)
+        self.dec = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+        recon = self.dec(torch.relu(self.enc(x)))
+        amap = ((x - recon) ** 2).mean(1, keepdim=True)
+        amap = F.avg_pool2d(F.pad(amap, [1] * 4, mode="reflect"), 3, stride=1)
+        return amap.flatten(1).amax(1), amap
+
+
+class DriftsWhenTraced(TinyReconstruction):
+    """Branches in Python on the data: an exporter bakes in the branch of its example batch, so the
+    exported model scores other images differently (the classic drift the parity check exists for)."""
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, amap = super().forward(images)
+        if float(images.float().mean()) > 127.5:
+            amap = amap * 2.0
+        return amap.flatten(1).amax(1), amap
+
+
+def _meta(module: nn.Module, threshold: float) -> dict:
+    return {"family": "tiny", "product": "widget", "threshold": threshold, "version": "0123456789ab",
+            "image_size": module.image_size}
+
+
+def _labelled(size: int) -> ParityImages:
+    imgs = generated_images(size, 12)
+    return ParityImages(imgs, "generated (12 images)", np.arange(len(imgs)) % 2)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyReconstruction().eval()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_matches_pytorch_and_carries_metadata(tiny, fmt, tmp_path):
+    ref = TorchRuntime(tiny)(generated_images(32, 4))
+    threshold = float(np.median(ref[0]))  # verdicts on both sides of it
+    info = export_module(tiny, _meta(tiny, threshold), fmt, tmp_path)
+
+    again = read_export(tmp_path)
+    assert again.format == fmt and again.models == {"fp32": info.models["fp32"]}
+    stored = read_model_metadata(again.model_path())
+    assert stored["family"] == "tiny" and stored["product"] == "widget" and stored["threshold"] == threshold
+    assert stored["version"] == "0123456789ab" and stored["image_size"] == 32 and stored["format"] == fmt
+    parity = json.loads((tmp_path / "parity.json").read_text())
+    assert parity["passed"] and parity["n_images"] == 16 and 1 in parity["batches"] and 8 in parity["batches"]
+    for backend, res in parity["backends"].items():
+        assert res["passed"] and res["verdict_changes"] == 0, backend
+        assert res["score_max_rel_diff"] <= 1e-4 and res["map_max_abs_diff"] <= 1e-3
+
+    # every backend that can run the format predicts frames of any size like PyTorch does
+    frames = [np.full((40, 56, 3), 90, np.uint8), np.random.default_rng(1).integers(0, 256, (32, 32), np.uint8),
+              np.random.default_rng(2).integers(0, 256, (70, 30, 3), np.uint8)]
+    want_scores, want_maps = run_frames(TorchRuntime(tiny), frames, 32, batch_size=2)
+    for backend in parity["backends"]:
+        scores, maps = run_frames(open_export_runtime(again, backend), frames, 32, batch_size=2)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-7)
+        assert [m.shape for m in maps] == [(40, 56), (32, 32), (70, 30)]
+        for got, want in zip(maps, want_maps):
+            np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "openvino"])
+def test_export_fails_loudly_when_scores_drift(fmt, tmp_path):
+    torch.manual_seed(0)
+    model = DriftsWhenTraced().eval()
+    with pytest.raises(ExportError, match="parity failed"):
+        export_module(model, _meta(model, 0.5), fmt, tmp_path)
+    parity = json.loads((tmp_path / "parity.json").read_text())
+    assert parity["passed"] is False
+    assert not (tmp_path / MANIFEST).exists()
+    with pytest.raises(ValueError, match="not an export folder"):
+        read_export(tmp_path)
+
+
+def test_a_new_failed_export_voids_the_old_manifest(tiny, tmp_path):
+    export_module(tiny, _meta(tiny, 0.5), "torchscript", tmp_path)
+    assert read_export(tmp_path)
+    torch.manual_seed(0)
+    with pytest.raises(ExportError):
+        export_module(DriftsWhenTraced().eval(), _meta(tiny, 0.5), "torchscript", tmp_path)
+    assert not (tmp_path / MANIFEST).exists()
+
+
+@pytest.mark.skipif("onnxruntime" not in available_backends(), reason="onnxruntime not installed")
+def test_int8_is_kept_only_within_the_auroc_limit(tiny, tmp_path):
+    data = _labelled(32)
+    info = export_module(tiny, _meta(tiny, 0.5), "onnx", tmp_path, data, int8_calibration=data.images[data.labels == 0])
+    q = info.parity["int8"]
+    assert q["calibration_images"] == 6 and np.isfinite(q["image_auroc_int8"])
+    assert q["image_auroc_loss"] == pytest.approx(q["image_auroc_fp32_torch"] - q["image_auroc_int8"])
+    assert q["accepted"] == (q["image_auroc_loss"] <= 0.002)
+    assert ("int8" in read_export(tmp_path).models) == q["accepted"]
+    assert (tmp_path / "model.int8.onnx").exists() == q["accepted"]
+    if q["accepted"]:
+        rt = open_export_runtime(read_export(tmp_path), "onnxruntime", "int8")
+        assert rt(data.images[:3])[0].shape == (3,)
+
+
+def test_int8_needs_a_labelled_test_set(tiny, tmp_path):
+    with pytest.raises(ExportError, match="labelled test set"):
+        export_module(tiny, _meta(tiny, 0.5), "onnx", tmp_path, int8_calibration=generated_images(32, 4))
+
+
+def test_backend_that_cannot_run_the_format_is_refused(tiny, tmp_path):
+    info = export_module(tiny, _meta(tiny, 0.5), "torchscript", tmp_path)
+    with pytest.raises(RuntimeUnavailable, match="cannot run a torchscript export"):
+        open_export_runtime(info, "onnxruntime")
+
+
+def test_fastest_keeps_the_quicker_runtime_and_skips_broken_ones(tiny, caplog):
+    class Slow(TorchRuntime):
+        name = "slow"
+
+        def __call__(self, images):
+            import time
+
+            time.sleep(0.02)
+            return super().__call__(images)
+
+    def broken():
+        raise RuntimeUnavailable("not installed here")
+
+    caplog.set_level("INFO", logger="detector.runtimes")
+    rt, timings = fastest({"slow": lambda: Slow(tiny), "broken": broken, "torch": lambda: TorchRuntime(tiny)},
+                          32, batch=2, repeats=2)
+    assert rt.name == "torch"
+    assert [t.backend for t in timings] == ["slow", "torch"]
+    assert timings[0].ms_per_frame > timings[1].ms_per_frame
+    assert "broken skipped" in caplog.text and "auto chose torch" in caplog.text
