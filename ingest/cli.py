@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  device:N | N                            camera device index\n"
                "  rtsp://... | http://...                 network stream\n"
                "  gst:PIPELINE | a string with '!'       GStreamer pipeline ending in appsink\n"
-               "  video:PATH | PATH (a file)              video file\n",
+               "  video:PATH | PATH (a file)              video file\n"
+               "  genicam:[DEVICE][,pixel_format=..,exposure_us=..,gain_db=..,trigger=..]\n"
+               "                                          GigE Vision / USB3 Vision camera through Aravis\n"
+               "                                          (DEVICE: camera id or IP; empty: the first found)\n",
     )
     run.add_argument("--source", required=True, help="frame source spec (see below)")
     run.add_argument("--camera-id", required=True, help="camera id (Kafka key; order is kept per camera)")
@@ -102,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--part-from-name", action="store_true", help="folder source: part id = file name stem")
     run.add_argument("--width", type=int, help="camera: requested frame width")
     run.add_argument("--height", type=int, help="camera: requested frame height")
+    run.add_argument("--pixel-format", choices=["Mono8", "RGB8", "BGR8", "BayerRG8", "BayerGR8", "BayerGB8",
+                                                "BayerBG8"],
+                     help="genicam: pixel format (Bayer is demosaiced to colour; default Mono8)")
+    run.add_argument("--exposure-us", type=float, help="genicam: exposure time in microseconds (auto exposure off)")
+    run.add_argument("--gain-db", type=float, help="genicam: analog gain in dB (auto gain off)")
+    run.add_argument("--trigger", help="genicam: off (free run at --fps, default), software (one trigger per frame "
+                                       "at --fps), or a hardware line such as Line0")
     run.add_argument("--open-timeout", type=float, default=10.0, help="camera open timeout, seconds (default 10)")
     run.add_argument("--read-timeout", type=float, default=5.0, help="camera read timeout, seconds (default 5)")
     run.add_argument("--reconnect-initial", type=float, default=0.5, help="first reconnect delay, seconds")
@@ -140,6 +150,7 @@ def _cmd_run(args) -> int:
         args.source, fps=args.fps, loop=args.loop or None, passthrough=args.passthrough or None,
         part_from_name=args.part_from_name or None, width=args.width, height=args.height,
         open_timeout_s=args.open_timeout, read_timeout_s=args.read_timeout, product=args.product,
+        pixel_format=args.pixel_format, exposure_us=args.exposure_us, gain_db=args.gain_db, trigger=args.trigger,
     )
     if args.partitions:
         ensure_topics(settings, args.partitions)

@@ -8,7 +8,8 @@ camera and never gives up silently:
   (:class:`ReconnectPolicy`; the wait ends at once on :meth:`IngestRunner.stop`); after
   ``max_attempts`` consecutive failures it gives up (``stats.gave_up``);
 * every captured frame that does not reach the broker counts as dropped (failed reads,
-  undecodable/unencodable images, oversized frames, delivery failures); ``seq`` keeps counting
+  undecodable/unencodable images, oversized frames, delivery failures, and frames a camera
+  numbered but never delivered: ``Frame.info["frames_skipped"]``); ``seq`` keeps counting
   through drops, so downstream sees the gaps;
 * :meth:`IngestRunner.stop` (the CLI's SIGTERM/SIGINT handler) ends the loop after the current
   frame; the producer is flushed before :meth:`IngestRunner.run` returns.
@@ -68,6 +69,7 @@ class IngestStats:
     oversized: int = 0
     delivery_errors: int = 0
     reconnects: int = 0  # successful re-opens after a failure
+    source_skipped: int = 0  # frames the camera numbered but never delivered (counted in dropped too)
     gave_up: bool = False
     end_reason: str = ""
 
@@ -190,6 +192,11 @@ class IngestRunner:
         return True
 
     def _publish(self, frame: Frame) -> None:
+        skipped = int(frame.info.get("frames_skipped", 0))
+        if skipped > 0:  # the camera's own counter jumped: leave the same gap in seq
+            self._seq += skipped
+            self.stats.source_skipped += skipped
+            self.stats.dropped += skipped
         seq = self._seq
         self._seq += 1
         self.stats.captured += 1

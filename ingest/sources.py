@@ -345,6 +345,9 @@ def make_source(spec: str, **options: Any) -> FrameSource:
     ``gst:PIPELINE`` or with ``!``  :class:`OpenCVSource` with the GStreamer backend
     ``rtsp://``, ``http(s)://``...  :class:`OpenCVSource` on the network stream
     ``video:PATH`` or a file path   :class:`OpenCVSource` on the video file
+    ``genicam:[DEVICE][,K=V,...]``  :class:`ingest.genicam.GenICamSource` (Aravis:
+                                    GigE Vision / USB3 Vision; ``pixel_format``,
+                                    ``exposure_us``, ``gain_db``, ``trigger``, ``fps``)
     ==============================  ==================================================
 
     ``options`` go to the source's constructor (e.g. ``fps``, ``loop``); options a source does
@@ -374,6 +377,11 @@ def make_source(spec: str, **options: Any) -> FrameSource:
             else:
                 raise ValueError(f"unknown simulator option {key!r}")
         return build(LineSimulator, **extra)
+    if spec.startswith("genicam:"):
+        from ingest.genicam import GenICamSource, parse_spec
+
+        device, extra = parse_spec(spec[len("genicam:"):])
+        return build(GenICamSource, device, **extra)
     if spec.startswith("folder:"):
         return build(FolderSource, spec[len("folder:"):])
     if spec.startswith("device:"):

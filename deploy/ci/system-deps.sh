@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the tests need, installed once per machine:
 # Debian's postgresql (storage tests), chromium (dashboard browser tests), mosquitto (MQTT bridge tests),
+# Aravis with its simulated GigE Vision camera and PyGObject (GenICam source tests),
 # and the Kafka broker's jars (resolved from Maven Central into a cache outside the repo).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -9,6 +10,9 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
+[ -d /usr/lib/python3/dist-packages/gi ] || need+=(python3-gi)
+ls /usr/lib/*/girepository-1.0/Aravis-0.8.typelib >/dev/null 2>&1 || need+=(gir1.2-aravis-0.8)
+command -v arv-fake-gv-camera-0.8 >/dev/null 2>&1 || need+=(aravis-tools)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "[system-deps] installing ${need[*]} from Debian"
   sudo_cmd=""
