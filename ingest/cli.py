@@ -83,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  sim | sim:seed=1,defect_rate=0.1,width=256,height=256,count=N   synthetic line\n"
                "  folder:PATH | PATH (a directory)       image-folder replay (sorted by name)\n"
                "  device:N | N                            camera device index\n"
-               "  rtsp://... | http://...                 network stream\n"
-               "  gst:PIPELINE | a string with '!'       GStreamer pipeline ending in appsink\n"
+               "  rtsp://... | http://...                 network stream (OpenCV's FFmpeg backend)\n"
                "  video:PATH | PATH (a file)              video file\n"
                "  genicam:[DEVICE][,pixel_format=..,exposure_us=..,gain_db=..,trigger=..]\n"
                "                                          GigE Vision / USB3 Vision camera through Aravis\n"
@@ -112,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gain-db", type=float, help="genicam: analog gain in dB (auto gain off)")
     run.add_argument("--trigger", help="genicam: off (free run at --fps, default), software (one trigger per frame "
                                        "at --fps), or a hardware line such as Line0")
+    run.add_argument("--rtsp-transport", choices=["tcp", "udp"],
+                     help="rtsp:// streams: RTP over the RTSP connection (tcp, default) or over UDP")
     run.add_argument("--open-timeout", type=float, default=10.0, help="camera open timeout, seconds (default 10)")
     run.add_argument("--read-timeout", type=float, default=5.0, help="camera read timeout, seconds (default 5)")
     run.add_argument("--reconnect-initial", type=float, default=0.5, help="first reconnect delay, seconds")
@@ -150,7 +151,7 @@ def _cmd_run(args) -> int:
         args.source, fps=args.fps, loop=args.loop or None, passthrough=args.passthrough or None,
         part_from_name=args.part_from_name or None, width=args.width, height=args.height,
         open_timeout_s=args.open_timeout, read_timeout_s=args.read_timeout, product=args.product,
-        pixel_format=args.pixel_format, exposure_us=args.exposure_us, gain_db=args.gain_db, trigger=args.trigger,
+        rtsp_transport=args.rtsp_transport, pixel_format=args.pixel_format, exposure_us=args.exposure_us, gain_db=args.gain_db, trigger=args.trigger,
     )
     if args.partitions:
         ensure_topics(settings, args.partitions)

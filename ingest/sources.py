@@ -10,14 +10,15 @@ A :class:`FrameSource` is opened, read frame by frame and closed:
   reconnect policy with backoff lives in :mod:`ingest.runner`).
 * ``fps`` paces :meth:`FrameSource.next_frame` (the runner's call) to at most that rate.
 
-Implementations: :class:`OpenCVSource` (device index, RTSP/HTTP URL, GStreamer pipeline,
-video file), :class:`FolderSource` (sorted image files, optional loop) and
+Implementations: :class:`OpenCVSource` (device index, RTSP/HTTP URL, video file),
+:class:`ingest.genicam.GenICamSource` (GigE Vision / USB3 Vision through Aravis), :class:`FolderSource` (sorted image files, optional loop) and
 :class:`ingest.simulator.LineSimulator`.  :func:`make_source` builds one from a spec string.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -33,6 +34,12 @@ from ingest.frames import Frame, content_type_for_path, utcnow
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+GSTREAMER_UNSUPPORTED = (
+    "GStreamer pipelines are not supported: the OpenCV wheel linewatch installs (opencv-python-headless) "
+    "is built without GStreamer, so a pipeline could never open. Use the camera's rtsp:// URL (OpenCV's "
+    "FFmpeg backend) or genicam: for GigE Vision / USB3 Vision cameras")
 
 
 class SourceError(RuntimeError):
@@ -156,28 +163,38 @@ class _CallWorker:
 
 
 class OpenCVSource(FrameSource):
-    """``cv2.VideoCapture``: a device index, an RTSP/HTTP URL, a GStreamer pipeline or a video file.
+    """``cv2.VideoCapture``: a device index, an RTSP/HTTP URL or a video file.
 
-    ``target`` kinds: an ``int`` (or digits) is a device index; a string containing ``!`` is a
-    GStreamer pipeline (ending in ``appsink``; needs an OpenCV built with GStreamer); a string
-    with ``://`` is a network stream; anything else is a video file.  Opening and every read run
-    in a helper thread with ``open_timeout_s`` / ``read_timeout_s``, so a stalled camera raises
-    :class:`SourceTimeout` instead of hanging.  A video file ends (``None``) at its last frame
-    unless ``loop``; for live kinds a failed read is a :class:`SourceError`.
+    ``target`` kinds: an ``int`` (or digits) is a device index; a string with ``://`` is a
+    network stream (OpenCV's FFmpeg backend, which the PyPI wheel includes); anything else is a
+    video file.  GStreamer pipeline strings are refused: the PyPI OpenCV is built without
+    GStreamer, so they could never open (use the ``rtsp://`` URL, or ``genicam:`` for industrial
+    cameras).  Opening and every read run in a helper thread with ``open_timeout_s`` /
+    ``read_timeout_s``, so a stalled camera raises :class:`SourceTimeout` instead of hanging.  A
+    video file ends (``None``) at its last frame unless ``loop``; for live kinds a failed read is
+    a :class:`SourceError`.
+
+    Network streams are read as fast as they arrive by a reader thread that keeps only the newest
+    frame (:class:`_LatestFrame`), so a slower ``fps`` never hands out frames that waited in
+    FFmpeg's buffers; FFmpeg is opened for low delay (small probe, no input buffering) and, for
+    RTSP, with ``rtsp_transport`` (``tcp`` by default: no smeared frames from lost UDP packets).
+    ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` set in the environment replaces these options.
     """
 
     def __init__(self, target: int | str, *, fps: float | None = None, loop: bool = False,
                  width: int | None = None, height: int | None = None,
                  open_timeout_s: float = 10.0, read_timeout_s: float = 5.0,
-                 api_preference: int | None = None):
+                 api_preference: int | None = None, rtsp_transport: str = "tcp"):
         super().__init__(fps=fps)
         if isinstance(target, str) and target.strip().isdigit():
             target = int(target)
+        if isinstance(target, str) and "!" in target and "://" not in target:
+            raise ValueError(GSTREAMER_UNSUPPORTED)
+        if rtsp_transport not in ("tcp", "udp"):
+            raise ValueError(f"rtsp_transport must be tcp or udp, not {rtsp_transport!r}")
         self.target = target
         if isinstance(target, int):
             self.kind = "device"
-        elif "!" in target:
-            self.kind = "gstreamer"
         elif "://" in target:
             self.kind = "stream"
         else:
@@ -185,20 +202,39 @@ class OpenCVSource(FrameSource):
         self.loop = loop
         self.width, self.height = width, height
         self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
-        if api_preference is None:
-            api_preference = cv2.CAP_GSTREAMER if self.kind == "gstreamer" else cv2.CAP_ANY
-        self.api_preference = api_preference
+        self.api_preference = cv2.CAP_FFMPEG if self.kind == "stream" and api_preference is None else \
+            (api_preference if api_preference is not None else cv2.CAP_ANY)
+        self.rtsp_transport = rtsp_transport
         self.name = f"opencv:{self.kind}:{target}"
         self._cap = None
         self._worker: _CallWorker | None = None
+        self._latest: _LatestFrame | None = None
+
+    def ffmpeg_options(self) -> str:
+        """FFmpeg's capture options for a network stream (``key;value|key;value``)."""
+        options = "fflags;nobuffer|flags;low_delay|analyzeduration;1000000|probesize;524288"
+        if str(self.target).lower().startswith(("rtsp://", "rtsps://")):
+            options = f"rtsp_transport;{self.rtsp_transport}|" + options
+        return os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS") or options
 
     def _make_capture(self):
         params: list[int] = []
         if self.kind in ("stream", "device"):
             params += [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout_s * 1000)]
-        cap = cv2.VideoCapture(self.target, self.api_preference, params) if params else \
-            cv2.VideoCapture(self.target, self.api_preference)
+        if self.kind == "stream":
+            # OpenCV reads FFmpeg's options from the environment when the capture opens
+            saved = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = self.ffmpeg_options()
+            try:
+                cap = cv2.VideoCapture(self.target, self.api_preference, params)
+            finally:
+                if saved is None:
+                    os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
+        elif params:
+            cap = cv2.VideoCapture(self.target, self.api_preference, params)
+        else:
+            cap = cv2.VideoCapture(self.target, self.api_preference)
         if not cap.isOpened():
             cap.release()
             return None
@@ -216,13 +252,23 @@ class OpenCVSource(FrameSource):
         cap = self._worker.call(self._make_capture, timeout=self.open_timeout_s)
         if cap is None:
             raise SourceError(f"cannot open {self.name}")
-        self._cap = cap
+        if self.kind == "stream":
+            self._latest = _LatestFrame(cap, self.name)  # owns the capture from here on
+        else:
+            self._cap = cap
         self.is_open = True
 
     def _read_once(self):
         return self._cap.read()
 
     def read(self) -> Frame | None:
+        if self._latest is not None:
+            try:
+                image, arrived = self._latest.take(self.read_timeout_s)
+            except SourceError:
+                self.is_open = False
+                raise
+            return Frame(image=image, captured_at=arrived, info={"source": self.name})
         if not self.is_open or self._cap is None or self._worker is None:
             raise SourceError(f"{self.name} is not open")
         try:
@@ -244,8 +290,10 @@ class OpenCVSource(FrameSource):
         raise SourceError(f"{self.name}: read failed")
 
     def close(self) -> None:
-        cap, worker = self._cap, self._worker
-        self._cap, self._worker = None, None
+        cap, worker, latest = self._cap, self._worker, self._latest
+        self._cap, self._worker, self._latest = None, None, None
+        if latest is not None:
+            latest.stop(timeout=self.read_timeout_s)
         if cap is not None and worker is not None and not worker.dead:
             try:
                 worker.call(cap.release, timeout=self.read_timeout_s)
@@ -254,6 +302,56 @@ class OpenCVSource(FrameSource):
         if worker is not None:
             worker.stop()
         super().close()
+
+
+class _LatestFrame:
+    """Reads a live stream as fast as it comes in a daemon thread, keeping only the newest frame.
+
+    ``take`` returns a frame newer than the last one taken, with its arrival time, or raises
+    :class:`SourceError` once the stream failed (server gone, FFmpeg read timeout) and
+    :class:`SourceTimeout` when nothing new came within the timeout.
+    """
+
+    def __init__(self, cap, name: str):
+        self._cap = cap
+        self._cond = threading.Condition()
+        self._frame: tuple[np.ndarray, Any] | None = None
+        self._count = 0
+        self._taken = 0
+        self._error: str | None = None
+        self._stopping = False
+        self.name = name
+        self._thread = threading.Thread(target=self._run, name=f"reader-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                ok, image = self._cap.read()
+                arrived = utcnow()
+                with self._cond:
+                    if not ok or image is None:
+                        self._error = f"{self.name}: stream ended or stalled"
+                        self._cond.notify_all()
+                        return
+                    self._frame = (image, arrived)
+                    self._count += 1
+                    self._cond.notify_all()
+        finally:
+            self._cap.release()
+
+    def take(self, timeout: float) -> tuple[np.ndarray, Any]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._count > self._taken or self._error is not None, timeout):
+                raise SourceTimeout(f"{self.name}: no frame within {timeout:.1f}s")
+            if self._count > self._taken and self._frame is not None:
+                self._taken = self._count
+                return self._frame
+            raise SourceError(self._error or f"{self.name}: read failed")
+
+    def stop(self, timeout: float) -> None:
+        self._stopping = True
+        self._thread.join(timeout)  # a read stuck in FFmpeg is left to the daemon thread
 
 
 class FolderSource(FrameSource):
@@ -342,7 +440,6 @@ def make_source(spec: str, **options: Any) -> FrameSource:
                                     ``width``, ``height``, ``defect_rate``, ``count``)
     ``folder:PATH`` or a directory  :class:`FolderSource`
     ``device:N`` or ``N`` (digits)  :class:`OpenCVSource` on camera device N
-    ``gst:PIPELINE`` or with ``!``  :class:`OpenCVSource` with the GStreamer backend
     ``rtsp://``, ``http(s)://``...  :class:`OpenCVSource` on the network stream
     ``video:PATH`` or a file path   :class:`OpenCVSource` on the video file
     ``genicam:[DEVICE][,K=V,...]``  :class:`ingest.genicam.GenICamSource` (Aravis:
@@ -387,7 +484,7 @@ def make_source(spec: str, **options: Any) -> FrameSource:
     if spec.startswith("device:"):
         return build(OpenCVSource, int(spec[len("device:"):]))
     if spec.startswith("gst:"):
-        return build(OpenCVSource, spec[len("gst:"):], api_preference=cv2.CAP_GSTREAMER)
+        raise ValueError(GSTREAMER_UNSUPPORTED)
     if spec.startswith("video:"):
         return build(OpenCVSource, spec[len("video:"):])
     if spec.isdigit():
