@@ -265,14 +265,17 @@ def _add_calibrate_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import promise
     from .workflow import calibrate_checkpoint
 
     res = calibrate_checkpoint(args.checkpoint, args.images, args.target_far, args.out, args.device)
     for s in res["skipped_images"]:
         print(f"skipped corrupt image: {s}", file=sys.stderr)
-    print(f"threshold {res['threshold']:.5f} for target false-alarm rate {res['target_far']} from "
-          f"{res['n_images']} normal images -> {res['checkpoint']} (version {res['version']})")
-    _write_json(args.json, res)
+    cal = promise(res["threshold"], res["n_images"], res["target_far"])
+    print(f"{cal.summary()} -> {res['checkpoint']} (version {res['version']})")
+    if cal.warning:
+        print(f"WARNING: {cal.warning}", file=sys.stderr)
+    _write_json(args.json, {**res, "calibration": {**cal.model_dump(), "warning": cal.warning}})
     return 0
 
 

@@ -1,12 +1,12 @@
-"""Evaluation metrics on raw scores (scikit-learn) and normal-only threshold calibration."""
+"""Evaluation metrics on raw scores (scikit-learn); threshold calibration lives in ``detector.calibration``."""
 
 from __future__ import annotations
-
-import math
 
 import cv2
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+from .calibration import calibrate_threshold  # noqa: F401  (its former home; callers still import it here)
 
 
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -72,26 +72,6 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
         fpr = np.insert(fpr, 0, 0.0)
         pro = np.insert(pro, 0, 0.0)
     return float(np.trapezoid(pro, fpr) / fpr_limit)
-
-
-def calibrate_threshold(normal_scores: np.ndarray, target_far: float) -> float:
-    """Threshold from normal-only scores so that at most ``target_far`` of them score above it.
-
-    Uses the empirical ``1 - target_far`` quantile (the order statistic at or above it, so the
-    empirical false-alarm rate never exceeds the target).  When there are fewer normal images than
-    ``1 / target_far`` the empirical tail cannot resolve the rate; the threshold is then the largest
-    normal score plus one standard deviation of the normal scores (a conservative extrapolation).
-    Works with zero defective images by construction; needs at least one normal score.
-    """
-    s = np.sort(np.asarray(normal_scores, np.float64))
-    if s.size == 0:
-        raise ValueError("threshold calibration needs at least one normal image")
-    if not 0.0 < target_far < 1.0:
-        raise ValueError("target false-alarm rate must be in (0, 1)")
-    k = math.ceil((1.0 - target_far) * s.size)  # number of scores that must be <= threshold
-    if k >= s.size:
-        return float(s[-1] + (s.std() if s.size > 1 else abs(s[-1]) * 0.05))
-    return float(s[k - 1] + 0.5 * (s[k] - s[k - 1]))  # midway between the k-th and (k+1)-th order statistic
 
 
 def summarise(labels, scores, masks=None, maps=None) -> dict[str, float]:

@@ -1,7 +1,9 @@
 """Thresholds (engineers and admins): per camera, the score distribution of normal parts vs
 confirmed defects, the current threshold, and the false-alarm and miss rates a new threshold
-would give on stored data.  Saving records who/when/old/new in ``camera_threshold_changes`` and
-sets ``cameras.threshold_override``, which the detector services read (and reload on change)."""
+would give on stored data, with how sure the stored normal parts let one be of the false-alarm
+rate (a plain-words warning when they are too few for the target rate).  Saving records
+who/when/old/new in ``camera_threshold_changes`` and sets ``cameras.threshold_override``, which
+the detector services read (and reload on change)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.common import pct, read_session, require_role, storage_settings, writing
+from detector.calibration import DEFAULT_CONFIDENCE, far_upper_bound, measured_far_warning
 from storage.queries import live as live_q
 from storage.queries import thresholds as q
 from storage.thresholds import set_camera_threshold, threshold_history
@@ -104,14 +107,24 @@ if hist is not None:
     st.caption(f"{n_norm:,} normal parts, {n_def:,} confirmed defects · left out: "
                f"{hist.excluded_unreviewed:,} unreviewed flags, {hist.excluded_unsure:,} unsure")
 
-st.subheader("What a threshold would give on stored data")
+TARGETS = {"0.1 %": 0.001, "0.5 %": 0.005, "1 %": 0.01, "2 %": 0.02, "5 %": 0.05}
+head = st.columns([5, 2])
+head[0].subheader("What a threshold would give on stored data")
+target = TARGETS[head[1].selectbox("Target false-alarm rate", list(TARGETS), index=2, key="thr_target",
+                                   help="the rate the stored normal parts should show a threshold keeps within")]
+conf = f"{DEFAULT_CONFIDENCE:.0%}"
 st.dataframe(pd.DataFrame([{
     "threshold": ("in use " if (effective is not None and i == 0) else "new ") + f"{r.threshold:.4f}",
     "false alarms": f"{r.false_alarms:,} of {r.normal:,} normal",
     "false-alarm rate": pct(r.false_alarm_rate, 2),
+    f"false-alarm rate, at most ({conf} sure)": pct(far_upper_bound(r.normal, r.false_alarms), 2) if r.normal else "n/a",
     "misses": f"{r.misses:,} of {r.defects:,} defects",
     "miss rate": pct(r.miss_rate, 2),
 } for i, r in enumerate(rates)]), hide_index=True, width="stretch")
+for i, r in enumerate(rates):
+    if (warning := measured_far_warning(r.normal, r.false_alarms, target)) is not None:
+        which = "in use" if (effective is not None and i == 0) else "new"
+        st.warning(f"Threshold {which} {r.threshold:.4f}: {warning}")
 
 reason = st.text_input("Reason (optional)", key=f"thr_reason_{camera}", max_chars=500)
 b = st.columns([2, 2, 4])

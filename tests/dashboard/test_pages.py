@@ -248,6 +248,12 @@ def test_thresholds_page_save_and_reset(seeded):
     assert m["Threshold in use"] == "0.5000" and m["Dashboard override"] == "none"
     rates = at.dataframe[0].value
     assert list(rates["misses"]) == ["0 of 2 defects", "0 of 2 defects"]
+    # a few dozen normal parts cannot show a 1 % false-alarm rate: said in plain words, with how many would
+    normal = int(rates["false alarms"][0].split(" of ")[1].split()[0])
+    assert f"Threshold in use 0.5000: Only {normal} normal parts: too few to show a false-alarm rate under 1%" \
+        in texts(at) and "299 normal parts would be enough" in texts(at)
+    at.selectbox(key="thr_target").set_value("5 %").run()
+    assert "too few to show" not in texts(at)  # 0 false alarms among them bound the rate under 5 % at 95 %
     at.number_input(key="thr_new_cam-a1").set_value(0.85).run()
     rates = at.dataframe[0].value
     assert list(rates["miss rate"])[1] == "100.00 %"

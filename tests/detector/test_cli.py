@@ -87,10 +87,15 @@ def test_train_skips_corrupt_images_and_eval_calibrate_predict(tmp_path, toy_dat
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert {"image_auroc", "pixel_auroc", "aupro_0.3", "image_f1_max"} <= set(ev["metrics"])
 
-    rc = main(["calibrate", "--checkpoint", str(ckpt), "--images", str(data / "test/good"), "--target-far", "0.1",
-               "--out", str(tmp_path / "cal.pt")])
+    rc = main(["calibrate", "--checkpoint", str(ckpt), "--images", str(data / "test/good"), "--target-far", "0.05",
+               "--out", str(tmp_path / "cal.pt"), "--json", str(tmp_path / "cal.json")])
     assert rc == 0
-    capsys.readouterr()
+    cap = capsys.readouterr()
+    cal = json.loads((tmp_path / "cal.json").read_text())["calibration"]
+    n_good = len(list((data / "test/good").glob("*.png")))
+    assert cal["n_normal"] == n_good < 19  # fewer than 1/0.05 - 1: the rate cannot be promised, and it says so
+    assert f"WARNING: Only {n_good} held-out normal images: too few for a 5% false-alarm rate" in cap.err
+    assert "19 normal images would be enough" in cap.err and cal["warning"] in cap.err
     rc = main(["predict", "--checkpoint", str(tmp_path / "cal.pt"), str(data / "test/spot"),
                "--heatmaps", str(tmp_path / "hm")])
     out = capsys.readouterr().out
