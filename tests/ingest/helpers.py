@@ -1,7 +1,9 @@
-"""Helpers for reading back what ingest published (real broker)."""
+"""Helpers for the ingest tests: reading back what ingest published (real broker), Aravis' simulated camera."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 
 from kafka import KafkaConsumer
@@ -37,3 +39,26 @@ def consume_all(settings, topic: str, expected: int, *, timeout_s: float = 30.0,
         return records
     finally:
         consumer.close()
+
+
+FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
+
+
+class FakeCamera:
+    """``arv-fake-gv-camera-0.8`` bound to 127.0.0.1 (GVCP port 3956: one per machine at a time)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([FAKE_CAMERA, "-i", "127.0.0.1", "-s", "LW01"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        time.sleep(0.3)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the fake camera did not start (another one on 127.0.0.1?): "
+                               f"{self.proc.stderr.read().decode(errors='replace')}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 import time
 from datetime import datetime, timezone
@@ -17,9 +15,8 @@ from ingest.messages import FrameMeta
 from ingest.sources import SourceError, make_source
 from ingest.system_gi import SystemLibraryMissing
 
-from .helpers import consume_all
+from .helpers import FAKE_CAMERA, FakeCamera, consume_all
 
-FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
 # GenICam (PFNC) Bayer layouts: the colour at the 2x2 cell's (row, column), as BGR channel indices
 LAYOUTS = {"BayerRG8": ((2, 1), (1, 0)), "BayerGR8": ((1, 2), (0, 1)),
            "BayerGB8": ((1, 0), (2, 1)), "BayerBG8": ((0, 1), (1, 2))}
@@ -68,26 +65,6 @@ def test_frame_id_gaps_wrap_and_clock_mapping_follows_drift():
     assert clock.to_utc(0, base_host).timestamp() == base_host / 1e9  # no camera timestamp: host time
 
 
-class FakeCamera:
-    """``arv-fake-gv-camera-0.8`` bound to 127.0.0.1 (GVCP port 3956: one per machine at a time)."""
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([FAKE_CAMERA, "-i", "127.0.0.1", "-s", "LW01"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        time.sleep(0.3)
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the fake camera did not start (another one on 127.0.0.1?): "
-                               f"{self.proc.stderr.read().decode(errors='replace')}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 @pytest.fixture
 def camera():
     if FAKE_CAMERA is None:
@@ -114,16 +91,22 @@ def grab(spec: str, n: int = 3, **options):
 
 
 def test_settings_formats_camera_counter_and_timestamps(camera):
-    source, frames = grab("genicam:127.0.0.1,exposure_us=2000,gain_db=3", n=4, fps=20, pixel_format="Mono8")
+    source, frames = grab("genicam:127.0.0.1,exposure_us=2000,gain_db=3", n=6, fps=20, pixel_format="Mono8")
     assert (source.exposure_us, source.gain_db, source.frame_rate) == (2000, 3, 20)
     ids = [f.info["device_frame_id"] for f in frames]
     assert all(frames_between(a, b) == 0 for a, b in zip(ids, ids[1:])), ids
     assert frames[0].image.shape == (512, 512) and frames[0].image.dtype == np.uint8
     now = datetime.now(timezone.utc)
     assert all(abs((now - f.captured_at).total_seconds()) < 2 for f in frames)
-    # the camera's clock paces the timestamps: 20 frames/s (the simulator's first frame comes at once)
-    gaps = [(b.captured_at - a.captured_at).total_seconds() for a, b in zip(frames[1:], frames[2:])]
-    assert all(0.04 <= g <= 0.06 for g in gaps), gaps
+    # the camera's clock paces the frames at 20 frames/s (on average: the simulator is a process
+    # on a busy machine; its first frame comes at once)
+    stamps = [f.info["device_timestamp_ns"] / 1e9 for f in frames[1:]]
+    assert 0.04 <= (stamps[-1] - stamps[0]) / (len(stamps) - 1) <= 0.06, stamps
+    # captured_at is the camera's timestamp plus one offset, which only ever shrinks towards the
+    # smallest transfer delay seen (no drift within a second)
+    offsets = [f.captured_at.timestamp() - f.info["device_timestamp_ns"] / 1e9 for f in frames]
+    assert all(b <= a + 1e-4 for a, b in zip(offsets, offsets[1:])), offsets
+    assert 0 <= offsets[-1] < 0.5
 
     # the simulated camera paints jet colours along the diagonal, shifted by its frame id: an RGB8
     # frame gives the colour of every phase, which each Bayer frame must reproduce after demosaicing
@@ -151,9 +134,8 @@ def test_settings_formats_camera_counter_and_timestamps(camera):
 
 def test_software_trigger_paces_and_hardware_trigger_waits_without_failing(camera):
     _, frames = grab("genicam:127.0.0.1,trigger=software", n=4, fps=5)
-    # (from the second frame on: the clock offset is first refined by the second arrival)
-    gaps = [(b.captured_at - a.captured_at).total_seconds() for a, b in zip(frames[1:], frames[2:])]
-    assert all(0.15 <= g <= 0.5 for g in gaps), gaps
+    stamps = [f.info["device_timestamp_ns"] / 1e9 for f in frames]  # one frame per trigger, 5 triggers/s
+    assert 0.15 <= (stamps[-1] - stamps[0]) / 3 <= 0.3, stamps
 
     source = make_source("genicam:127.0.0.1,trigger=Line0", read_timeout_s=0.5)
     stop = threading.Event()
