@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from ingest.messages import CaptureTime, Id, LongId, Seq
 
 SCHEMA_VERSION = 1
 
@@ -27,23 +29,24 @@ class InspectionResult(BaseModel):
     )
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    frame_id: str
-    line: str
-    station: str
-    camera_id: str
-    seq: int
-    part_id: str | None = None
-    product: str | None = None
-    captured_at: AwareDatetime
-    inferred_at: AwareDatetime
-    score: float
-    threshold: float
+    # the frame's fields follow the frame schema, so whatever the detector accepted, storage can store
+    frame_id: LongId
+    line: Id
+    station: Id
+    camera_id: Id
+    seq: Seq
+    part_id: LongId | None = None
+    product: Id | None = None
+    captured_at: CaptureTime
+    inferred_at: CaptureTime
+    score: float = Field(allow_inf_nan=False)
+    threshold: float = Field(allow_inf_nan=False)
     is_anomalous: bool
-    model_version: str
-    frame_width: int = Field(gt=0)
-    frame_height: int = Field(gt=0)
+    model_version: str = Field(min_length=1, max_length=100)
+    frame_width: int = Field(gt=0, le=1_000_000)
+    frame_height: int = Field(gt=0, le=1_000_000)
     heatmap_png: bytes
-    heatmap_max: float = Field(ge=0)
+    heatmap_max: float = Field(ge=0, allow_inf_nan=False)
     # the frame itself travels only when flagged or sampled for retraining
     frame_image: bytes | None = None
     frame_content_type: Literal["image/jpeg", "image/png"] | None = None

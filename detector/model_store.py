@@ -23,6 +23,7 @@ worst a ``.tmp-*`` file that is ignored.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -255,6 +256,10 @@ class ModelStore:
         if not isinstance(data, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                  for v in data.values()):
             raise ModelStoreError(f"{f} must be an object of camera id -> number")
+        # json reads NaN and Infinity; a threshold must be a finite number >= 0
+        bad = {str(k): v for k, v in data.items() if not (math.isfinite(v) and v >= 0)}
+        if bad:
+            raise ModelStoreError(f"{f}: thresholds must be finite numbers >= 0, refused {bad}")
         return {str(k): float(v) for k, v in data.items()}
 
     # ------------------------------------------------------------------ change detection

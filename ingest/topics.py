@@ -33,9 +33,16 @@ def admin_client(settings: KafkaSettings, **overrides) -> KafkaAdminClient:
     return KafkaAdminClient(**kwargs)
 
 
-def topic_configs(settings: KafkaSettings) -> dict[str, str]:
-    """Per-topic configs linewatch sets on creation (records up to the producer's limit)."""
-    return {"max.message.bytes": str(settings.kafka_max_message_bytes + _TOPIC_SIZE_HEADROOM)}
+def topic_configs(settings: KafkaSettings, stream: str | None = None) -> dict[str, str]:
+    """Per-topic configs linewatch sets on creation (records up to the producer's limit).
+
+    The frames topic keeps the broker's time of each record (``LogAppendTime``): consumers check a
+    frame's capture time against it, so a gateway's clock is never the only witness.
+    """
+    configs = {"max.message.bytes": str(settings.kafka_max_message_bytes + _TOPIC_SIZE_HEADROOM)}
+    if stream == "frames":
+        configs["message.timestamp.type"] = "LogAppendTime"
+    return configs
 
 
 def ensure_topics(
@@ -52,7 +59,9 @@ def ensure_topics(
     """
     if partitions < 1:
         raise ValueError("partitions must be >= 1")
+    streams = list(streams)
     names = [settings.topic(s) for s in streams]  # type: ignore[arg-type]
+    stream_of = dict(zip(names, streams))
     admin = admin_client(settings)
     try:
         existing = set(admin.list_topics())
@@ -62,7 +71,7 @@ def ensure_topics(
                 n: {
                     "num_partitions": partitions,
                     "replication_factor": replication_factor,
-                    "configs": topic_configs(settings),
+                    "configs": topic_configs(settings, stream_of[n]),
                 }
                 for n in missing
             }

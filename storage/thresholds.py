@@ -37,8 +37,8 @@ def set_camera_threshold(
     After the commit, ``thresholds.json`` in ``store`` (default: the configured model store) is
     rewritten from the database.
     """
-    if threshold is not None and not math.isfinite(threshold):
-        raise ValueError("threshold must be a finite number")
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise ValueError("threshold must be a finite number >= 0")
     if not changed_by:
         raise ValueError("a threshold change needs the user who made it")
     camera = session.get(Camera, camera_id, with_for_update=True)

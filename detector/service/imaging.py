@@ -4,8 +4,9 @@
   :class:`BadFrame` with a short ``code`` (the dead-letter reason class and metrics label) and a
   one-line reason: ``empty``, ``oversized`` (payload bytes, or pixels read from the image header
   *before* decoding, so a small file that decodes into a huge image is refused), ``schema``
-  (:meth:`ingest.messages.FrameMeta.from_headers`), ``undecodable`` (truncated or corrupt
-  JPEG/PNG, content-type mismatch; :func:`ingest.frames.decode_image`).
+  (:meth:`ingest.messages.FrameMeta.from_headers`, and the capture time within a window of the
+  broker's time), ``undecodable`` (no image size in the header, truncated or corrupt JPEG/PNG,
+  content-type mismatch; :func:`ingest.frames.decode_image`).
 * :func:`encode_heatmap` — the anomaly map as a uint8 PNG, longer side at most ``max_side``
   (``INTER_AREA``), quantised over ``[0, heatmap_max]`` with ``heatmap_max`` = the map's maximum,
   so ``value = png / 255 * heatmap_max`` (see :mod:`detector.messages`).
@@ -19,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import cv2
 import numpy as np
 
 from ingest.frames import EncodingError, decode_image
-from ingest.messages import FrameMeta, FrameSchemaError
+from ingest.messages import FrameMeta, FrameSchemaError, check_capture_window
 
 
 class BadFrame(ValueError):
@@ -32,6 +34,14 @@ class BadFrame(ValueError):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class CaptureWindow:
+    """How far a frame's capture time may lie before / after the broker's time of the record."""
+
+    max_age: timedelta
+    max_ahead: timedelta
 
 
 @dataclass
@@ -72,18 +82,31 @@ def image_dimensions(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def check_frame(value: bytes | None, headers, *, max_bytes: int, max_pixels: int) -> DecodedFrame:
-    """Validate and decode one frames-topic record; raises :class:`BadFrame`."""
+def check_frame(value: bytes | None, headers, *, max_bytes: int, max_pixels: int,
+                received_at: datetime | None = None, window: CaptureWindow | None = None) -> DecodedFrame:
+    """Validate and decode one frames-topic record; raises :class:`BadFrame`.
+
+    ``received_at`` is the broker's time of the record; with a ``window``, a capture time outside
+    it is a schema error.
+    """
     if not value:
         raise BadFrame("empty", "empty payload")
     if len(value) > max_bytes:
         raise BadFrame("oversized", f"payload of {len(value)} bytes is above the limit of {max_bytes} bytes")
     try:
         meta = FrameMeta.from_headers(headers)
+        if received_at is not None and window is not None:
+            check_capture_window(meta, received_at, max_age=window.max_age, max_ahead=window.max_ahead)
     except FrameSchemaError as exc:
-        raise BadFrame("schema", str(exc).splitlines()[0][:500]) from None
+        raise BadFrame("schema", " ".join(str(exc).split())[:500]) from None
+    # the size comes from the header, before any pixel is decoded: a small file that declares a huge
+    # image (a decompression bomb) is refused here, and a file whose size cannot be read is not decoded
     dims = image_dimensions(value)
-    if dims is not None and dims[0] * dims[1] > max_pixels:
+    if dims is None:
+        raise BadFrame("undecodable", "no image size found in the JPEG/PNG header")
+    if dims[0] < 1 or dims[1] < 1:
+        raise BadFrame("undecodable", f"image header declares {dims[0]}x{dims[1]} pixels")
+    if dims[0] * dims[1] > max_pixels:
         raise BadFrame("oversized", f"image of {dims[0]}x{dims[1]} pixels is above the limit of {max_pixels} pixels")
     try:
         bgr = decode_image(value, content_type=meta.content_type, strict=True)
@@ -94,6 +117,8 @@ def check_frame(value: bytes | None, headers, *, max_bytes: int, max_pixels: int
     if bgr.shape[0] * bgr.shape[1] > max_pixels:
         raise BadFrame("oversized", f"image of {bgr.shape[1]}x{bgr.shape[0]} pixels is above the limit of "
                                     f"{max_pixels} pixels")
+    if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
+        raise BadFrame("undecodable", f"decoded to {bgr.shape} {bgr.dtype}, not 8-bit colour")
     return DecodedFrame(meta, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), value)
 
 

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -46,11 +46,15 @@ class RoutingError(ValueError):
     """The routing configuration is missing, unreadable or invalid (one-line message)."""
 
 
+# a threshold is a finite number >= 0: NaN would flag nothing, a negative one everything
+Threshold = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class ThresholdOverrides(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cameras: dict[str, float] = Field(default_factory=dict)
-    products: dict[str, float] = Field(default_factory=dict)
+    cameras: dict[str, Threshold] = Field(default_factory=dict)
+    products: dict[str, Threshold] = Field(default_factory=dict)
 
 
 class RoutingConfig(BaseModel):

@@ -23,6 +23,11 @@ variable                              default                 meaning
 ``LINEWATCH_DETECTOR_HEATMAP_MAX_SIDE`` ``512``               heatmap PNG downscaled to this longer side
 ``LINEWATCH_DETECTOR_MAX_FRAME_BYTES`` Kafka record limit     larger payloads are dead-lettered (``oversized``)
 ``LINEWATCH_DETECTOR_MAX_FRAME_PIXELS`` ``40000000``          larger images (by their header) are dead-lettered
+``LINEWATCH_DETECTOR_MAX_BATCH_PIXELS`` ``80000000``          decoded pixels one inference batch may hold (at
+                                                              least one frame's limit)
+``LINEWATCH_DETECTOR_MAX_CAPTURE_AGE_S`` ``604800`` (7 days)  frames captured longer before the broker got them
+                                                              are dead-lettered (``schema``)
+``LINEWATCH_DETECTOR_MAX_CAPTURE_AHEAD_S`` ``300``            ... or captured this far after it (clock skew)
 ``LINEWATCH_DETECTOR_ATTACH_MAX_BYTES`` ``4194304``           attached frames above this are re-encoded as JPEG
 ``LINEWATCH_DETECTOR_HTTP_PORT``      (off)                   ``/healthz`` ``/readyz`` ``/metrics``
 ``LINEWATCH_DETECTOR_LOG_FORMAT``     ``logfmt``              ``logfmt`` or ``json``
@@ -56,6 +61,9 @@ class ServiceSettings(BaseSettings):
     heatmap_max_side: int = Field(512, ge=8)
     max_frame_bytes: int | None = Field(None, gt=0, description="default: the Kafka record limit")
     max_frame_pixels: int = Field(40_000_000, gt=0)
+    max_batch_pixels: int = Field(80_000_000, gt=0)
+    max_capture_age_s: float = Field(7 * 24 * 3600.0, gt=0)
+    max_capture_ahead_s: float = Field(300.0, ge=0)
     attach_max_bytes: int = Field(4 * 1024 * 1024, gt=0)
     http_port: int | None = Field(None, ge=0, le=65535)
     http_host: str = "0.0.0.0"

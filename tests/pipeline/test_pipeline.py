@@ -81,7 +81,7 @@ def test_frames_to_rows_scores_match_and_bad_messages_are_dead_lettered(pipeline
 
     # camera B is judged with a threshold override from the routing file: every frame flagged
     routes = pipeline.log_dir / "routes.json"
-    routes.write_text(json.dumps({"default": str(pipeline_checkpoint), "thresholds": {"cameras": {"cam-b": -1.0}}}))
+    routes.write_text(json.dumps({"default": str(pipeline_checkpoint), "thresholds": {"cameras": {"cam-b": 0.0}}}))
     port = free_port()
     writer = pipeline.start_writer("--batch-size", "16", "--max-wait-ms", "100")
     detector = pipeline.start_detector("--routes", str(routes), "--max-batch", "8", "--max-wait-ms", "50",
@@ -107,7 +107,7 @@ def test_frames_to_rows_scores_match_and_bad_messages_are_dead_lettered(pipeline
         score, verdict, amap = direct[meta.part_id]
         assert r.score == pytest.approx(score, rel=1e-5, abs=1e-6), r.frame_id
         if r.camera_id == "cam-b":
-            assert r.threshold == -1.0 and r.is_anomalous
+            assert r.threshold == 0.0 and r.is_anomalous
         else:
             assert r.threshold == pytest.approx(det.threshold)
             assert bool(r.is_anomalous) == verdict or abs(score - det.threshold) < 1e-5

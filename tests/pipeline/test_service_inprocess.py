@@ -57,15 +57,15 @@ def test_results_not_acknowledged_are_neither_committed_nor_lost(kafka_test_sett
     holder = ModelHolder(lambda p: Detector.load(p, device="cpu", batch_size=4))
     holder.load(load_routing(None, pipeline_checkpoint))
     service = DetectorService(settings, ss, holder)
-    connect = service._connect
+    connect = service.loop.connect
     flaky: list[FlakyProducer] = []
 
     def connect_with_flaky_producer() -> None:
         connect()
-        flaky.append(FlakyProducer(service._producer, fail=3))
-        service._producer = flaky[0]
+        flaky.append(FlakyProducer(service.loop.producer, fail=3))
+        service.loop.producer = flaky[0]
 
-    service._connect = connect_with_flaky_producer
+    service.loop.connect = connect_with_flaky_producer
     probe = Pipeline.__new__(Pipeline)  # only its Kafka probes
     probe.settings = settings
     committed_early: list[bool] = []

@@ -179,3 +179,27 @@ def test_serve_cli_help_and_one_line_errors(tmp_path, capsys):
     out = subprocess.run([*cli("linewatch-detector", "detector.cli"), "serve", "--model", str(tmp_path / "no.pt")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "no.pt" in out.stderr
+
+
+@pytest.mark.parametrize("content", ['{"cam-1": NaN}', '{"cam-1": -0.5}', '{"cam-1": Infinity}'])
+def test_a_bad_thresholds_file_is_refused_and_the_old_threshold_keeps_serving(tmp_path, content, caplog):
+    from detector.model_store import ModelStore
+    from detector.service.store_reload import StoreRouting
+
+    store = ModelStore(tmp_path / "store")
+    store.root.mkdir()
+    store.write_thresholds({"cam-1": 0.25})
+    (tmp_path / "model.pt").write_bytes(b"stand-in: the loader below does not read it")
+    routing = StoreRouting(None, tmp_path / "model.pt", store)
+    holder = ModelHolder(lambda p: object())
+    holder.load(routing())
+    assert holder.current.routing.threshold_override("cam-1", None) == 0.25
+    (store.root / "thresholds.json").write_text(content)
+    with pytest.raises(RoutingError, match="finite numbers >= 0"):
+        routing()
+    with caplog.at_level(logging.ERROR, logger="linewatch.detector.service"):
+        holder.reload_async(routing).join(10)
+    assert "model reload failed, keeping the active models" in caplog.text
+    assert holder.activate() is None and holder.current.routing.threshold_override("cam-1", None) == 0.25
+    with pytest.raises(ValueError):  # the routing file's own overrides follow the same rule
+        RoutingConfig.model_validate({"thresholds": {"cameras": {"cam-1": float("nan")}}})

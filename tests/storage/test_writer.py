@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
 from pathlib import Path
 
@@ -307,3 +308,36 @@ def test_writer_with_the_database_blob_store(line):
     finally:
         writer.send_signal(signal.SIGTERM)
         assert writer.wait(60) == 0
+
+
+def test_poison_results_never_stop_the_writer(line):
+    """Results whose values passed the old frame schema but broke storage (a camera id that is a path
+    component, a capture time at the edge of the calendar) are dead-lettered; the rest of their batch is
+    stored and the writer keeps running (it used to exit on them at every restart)."""
+    good = _results(6)
+    edge = datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))  # before year 1 in UTC
+    poison = [
+        good[0].model_copy(update={"frame_id": "dotdot", "camera_id": ".."}),
+        good[0].model_copy(update={"frame_id": "dot", "camera_id": "."}),
+        good[0].model_copy(update={"frame_id": "calendar-start", "captured_at": edge}),
+        good[0].model_copy(update={"frame_id": "calendar-end",
+                                   "captured_at": datetime(9999, 12, 31, 23, 30, tzinfo=timezone(-timedelta(hours=1)))}),
+        good[0].model_copy(update={"frame_id": "seq-overflow", "seq": 2**63}),
+    ]
+    line.publish(good[:3])
+    line.publish(poison)
+    line.publish(good[3:])
+    writer = line.start_writer("--batch-size", "50", "--max-wait-ms", "300")
+    try:
+        wait_for(lambda: line.rows() == 6, 90, "6 rows", writer)
+        wait_for(line.caught_up, 30, "offsets committed", writer)
+        dead = line.dead_letters(len(poison))
+        ids = {json.loads(m.value)["frame_id"]: {k: v.decode() for k, v in m.headers} for m in dead}
+        assert set(ids) == {"dotdot", "dot", "calendar-start", "calendar-end", "seq-overflow"}
+        for h in ids.values():
+            assert h["lw-dlq-code"] and h["lw-dlq-reason"] and h["lw-dlq-stage"] == "storage-writer"
+        assert writer.poll() is None
+        assert sorted(line.frame_ids()) == sorted(r.frame_id for r in good)
+    except BaseException:
+        print(line.logs())
+        raise
