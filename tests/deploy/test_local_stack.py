@@ -82,7 +82,8 @@ def _http_status(url: str) -> int:
 class LocalStack:
     """``bash deploy/local/start.sh`` as a subprocess in its own process group (a terminal's job)."""
 
-    def __init__(self, state: Path, out_dir: Path, env: dict[str, str]):
+    def __init__(self, state: Path, out_dir: Path, env: dict[str, str], repo: Path = REPO):
+        self.repo = repo
         self.state = state
         self.ports = dict(zip(("kafka", "dashboard", "detector", "writer"), _free_ports(4)))
         self.env = env
@@ -92,7 +93,7 @@ class LocalStack:
         self.pgids: set[int] = set()
 
     def start(self, *extra: str) -> None:
-        argv = ["bash", str(START_SH), "--state-dir", str(self.state),
+        argv = ["bash", str(self.repo / START_SH.relative_to(REPO)), "--state-dir", str(self.state),
                 *[f"--{name}-port={port}" for name, port in self.ports.items()], *extra]
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env,
@@ -145,7 +146,7 @@ class LocalStack:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        subprocess.run(["bash", str(REPO / "deploy" / "kafka" / "kafka.sh"), "stop", str(self.state / "kafka")],
+        subprocess.run(["bash", str(self.repo / "deploy" / "kafka" / "kafka.sh"), "stop", str(self.state / "kafka")],
                        capture_output=True, timeout=120)
 
 
