@@ -33,7 +33,7 @@ COPY pyproject.toml README.md ./
 RUN mkdir -p ingest detector storage dashboard \
  && touch ingest/__init__.py detector/__init__.py storage/__init__.py dashboard/__init__.py \
  && if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch torchvision; fi \
- && pip install ".[postgres]" \
+ && pip install ".[postgres,bridges]" \
  && pip uninstall -y linewatch
 
 COPY ingest ingest

@@ -154,6 +154,9 @@ def test_k8s_probes_secrets_and_gpu_retraining():
     assert live["httpGet"]["path"] == "/healthz" and ready["httpGet"]["path"] == "/readyz"
     live, ready = probes["dashboard"]
     assert live["httpGet"]["path"] == ready["httpGet"]["path"] == "/_stcore/health"
+    for bridge in ("bridge-mqtt", "bridge-opcua"):
+        live, ready = probes[bridge]
+        assert live["httpGet"]["path"] == "/healthz" and ready["httpGet"]["path"] == "/readyz"
     config = _docs(K8S / "config.yaml")[0]["data"]
     assert not any("PASSWORD" in k for k in config)
 
@@ -171,7 +174,7 @@ def test_kustomize_builds():
     out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
-    assert kinds.count("Deployment") == 4 and "ScaledObject" in kinds and "CronJob" in kinds
+    assert kinds.count("Deployment") == 6 and "ScaledObject" in kinds and "CronJob" in kinds
     assert "Secret" not in kinds
     assert "image: linewatch:0.1.0" in out.stdout
 
@@ -257,6 +260,9 @@ def test_compose_services_and_wiring():
     pom = (REPO / "deploy" / "kafka" / "pom.xml").read_text()
     version = re.search(r"<kafka.version>(.*)</kafka.version>", pom).group(1)
     assert services["kafka"]["image"] == f"apache/kafka:{version}"
+    for kind in ("mqtt", "opcua"):  # optional, behind a profile
+        bridge = services[f"bridge-{kind}"]
+        assert bridge["command"][:2] == ["linewatch-bridge", kind] and bridge["profiles"] == ["bridges"]
     # every linewatch service runs the one image built from the Dockerfile
     app = {n for n, s in services.items() if s.get("build")}
     assert app == set(services) - {"kafka", "postgres"}
