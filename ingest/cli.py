@@ -5,6 +5,7 @@ Subcommands::
     linewatch-ingest run --source SPEC --camera-id ID [--line L --station S ...]
     linewatch-ingest topics [--partitions N]
     linewatch-ingest sim-write DIR -n N [--seed S] [--defect-rate R]
+    linewatch-ingest sim-write DIR -n N --logical [--test-good G] [--per-kind K]
 
 Kafka connection: ``LINEWATCH_KAFKA_BOOTSTRAP``, ``LINEWATCH_TOPIC_PREFIX`` and the other
 ``LINEWATCH_KAFKA_*`` variables (see ingest/kafka_config.py), or ``--bootstrap`` /
@@ -137,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--defect-rate", type=float, default=0.0,
                      help="0 (default): only good parts, in FOLDER; >0: FOLDER/good and FOLDER/<defect kind>")
     sim.add_argument("--format", default="png", choices=["png", "jpeg"])
+    sim.add_argument("--logical", action="store_true",
+                     help="an MVTec-layout set of assembled brackets with logical defects (a bolt missing, one too "
+                          "many, two swapped, one misplaced, a hole not drilled, the wrong finish): N training parts "
+                          "in FOLDER/train/good, test parts in FOLDER/test/<kind>, masks in FOLDER/ground_truth")
+    sim.add_argument("--test-good", type=int, default=40, help="--logical: good test parts (default 40)")
+    sim.add_argument("--per-kind", type=int, default=20, help="--logical: test parts per defect kind (default 20)")
     return parser
 
 
@@ -193,7 +200,16 @@ def _cmd_topics(args) -> int:
 def _cmd_sim_write(args) -> int:
     from ingest.simulator import write_normal_parts, write_parts
 
-    if args.defect_rate > 0:
+    if args.logical:
+        from ingest.logical import write_logical_set
+
+        if args.width != args.height:
+            raise ValueError("--logical writes square images: give --width equal to --height")
+        counts = write_logical_set(args.folder, n_train=args.count, n_good=args.test_good, n_per_kind=args.per_kind,
+                                   seed=args.seed, size=args.width, fmt=args.format)
+        print(f"wrote {sum(counts.values())} parts to {args.folder}: "
+              + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    elif args.defect_rate > 0:
         written = write_parts(args.folder, args.count, seed=args.seed, width=args.width, height=args.height,
                               defect_rate=args.defect_rate, fmt=args.format)
         defects = sum(1 for _, d in written if d)
