@@ -16,7 +16,7 @@ ImageNet weights, on the natural photographs that ship inside installed Python p
 (scikit-image, scikit-learn, matplotlib; add folders with --images).  Nothing is downloaded.
 
 The teacher depends only on --size and --width; it is written to the per-machine cache
-(~/.cache/linewatch/teachers, or $LINEWATCH_CACHE_DIR/teachers), where 'train --model efficientad-*'
+(~/.cache/linewatch/teachers, or $LINEWATCH_CACHE/teachers), where 'train --model efficientad-*'
 finds it.  The CPU profile uses --width 0.5; the GPU profile --width 1.
 """
 

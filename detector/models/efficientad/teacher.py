@@ -9,14 +9,13 @@ per channel.  The images are the natural photographs that ship inside installed 
 random crops at random scales; the same pool gives the penalty images during training.
 
 A teacher depends only on the PDN's size and width, so it is made once per machine
-(``linewatch-detector distill-teacher``) and cached under ``~/.cache/linewatch/teachers``.
+(``linewatch-detector distill-teacher``) and cached under ``teachers/`` in the linewatch cache (:func:`detector.paths.cache_dir`).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 
 from ...data import CorruptImageError, read_image
 from ...hashing import file_sha256
+from ...paths import cache_dir
 from .model import IMAGENET_MEAN, IMAGENET_STD
 from .nets import PDN_BORDER, pdn
 
@@ -42,12 +42,6 @@ TARGET_CHANNELS = 152  # Lite0 stride 8 (40) + stride 16 (112)
 PACKAGE_IMAGE_DIRS = (("skimage", "data"), ("sklearn", "datasets/images"), ("matplotlib", "mpl-data/sample_data"))
 MIN_SIDE = 256  # smaller files (icons, test patterns) are left out of the pool
 PHOTO_EXTS = (".png", ".jpg", ".jpeg")
-
-
-def cache_dir() -> Path:
-    """``LINEWATCH_CACHE_DIR``, else ``~/.cache/linewatch``."""
-    env = os.environ.get("LINEWATCH_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "linewatch"
 
 
 def teacher_path(size: str, width: float) -> Path:
