@@ -1,15 +1,19 @@
-"""The detector checkpoint: one file with everything needed to run a trained model.
+"""The detector checkpoint: one file with everything needed to run a trained model of any family.
 
-Format (version 1): a ``torch.save`` zip holding only tensors, strings and numbers, so it loads
+Format (version 2): a ``torch.save`` zip holding only tensors, strings and numbers, so it loads
 with ``torch.load(weights_only=True)`` (no arbitrary unpickling)::
 
-    {"format": "linewatch-detector", "format_version": 1,
-     "config": "<json DetectorConfig: architecture, image size, m, q, masker config, FADeR options>",
-     "meta":   "<json: threshold, target FAR, product, masker identity (weights file sha256 +
-                content hash), normalisation statistics, training-data fingerprint, metrics,
-                training config and timings, library versions, created_at>",
-     "state":  {name: tensor}  # masker.*, unet.*, fader.* (the masker weights travel with the model)
+    {"format": "linewatch-detector", "format_version": 2,
+     "family": "<registered model family, e.g. ear-fader, crad>",
+     "config": "<json: the family's architecture config>",
+     "meta":   "<json: threshold (and per-product thresholds of a unified model), target FAR,
+                product(s), training-data fingerprint, metrics, training config and timings,
+                the family's own facts (e.g. the masker identity), library versions, created_at>",
+     "state":  {name: tensor}  # the whole module, frozen pretrained parts included
      "state_sha256": "<content hash of state>"}
+
+Version 1 (before model families) had no ``family``: it is read as ``ear-fader``, whose config
+and state names are unchanged.
 
 Every problem on load -- missing, truncated, foreign, newer format, altered or mismatched
 content -- raises :class:`CheckpointError` with a one-line message.
@@ -28,12 +32,14 @@ from typing import Any
 
 import torch
 
-from .config import DetectorConfig
-from .models.anomaly import AnomalyModel
+import torch.nn as nn
+
 from .hashing import state_sha256
+from .models.registry import family_of, get_family
 
 FORMAT = "linewatch-detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+V1_FAMILY = "ear-fader"
 
 
 class CheckpointError(Exception):
@@ -50,19 +56,19 @@ def library_versions() -> dict[str, str]:
             "numpy": numpy.__version__, "scikit-learn": sklearn.__version__, "opencv": cv2.__version__}
 
 
-def save_checkpoint(path: str | Path, model: AnomalyModel, meta: dict[str, Any]) -> str:
-    """Write atomically; returns the file's sha256."""
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> str:
+    """Write atomically; returns the file's sha256.  The family is found from ``model.cfg``."""
     path = Path(path)
+    family = family_of(model.cfg)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     meta = dict(meta)
+    meta["family"] = family.name
     meta.setdefault("created_at", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     meta.setdefault("library_versions", library_versions())
-    if model.fader is not None:
-        meta["normalisation"] = {"mode": model.fader.norm_mode, "lo": float(model.fader.norm_lo),
-                                 "hi": float(model.fader.norm_hi)}
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "family": family.name,
         "config": json.dumps(model.cfg.to_dict(), sort_keys=True),
         "meta": json.dumps(meta, sort_keys=True, default=_json_default),
         "state": state,
@@ -90,8 +96,11 @@ def _one_line(e: BaseException) -> str:
     return (msg[0] if msg else type(e).__name__)[:200]
 
 
-def read_checkpoint(path: str | Path) -> tuple[DetectorConfig, dict[str, Any], dict[str, torch.Tensor], str]:
-    """Validate and parse a checkpoint file -> (config, meta, state, file sha256)."""
+def read_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor], str]:
+    """Validate and parse a checkpoint file -> (family config, meta, state, file sha256).
+
+    ``meta["family"]`` names the family (``ear-fader`` for a version-1 file).
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -124,9 +133,17 @@ def read_checkpoint(path: str | Path) -> tuple[DetectorConfig, dict[str, Any], d
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise CheckpointError(f"checkpoint {path} has format version {version!r}; this build reads up to {FORMAT_VERSION}")
+    name = payload.get("family", V1_FAMILY) if version >= 2 else V1_FAMILY
     try:
-        cfg = DetectorConfig.from_dict(json.loads(payload["config"]))
+        family = get_family(name) if isinstance(name, str) else None
+    except ValueError:
+        family = None
+    if family is None:
+        raise CheckpointError(f"checkpoint {path} is of model family {name!r}, which this build does not have")
+    try:
+        cfg = family.config_cls.from_dict(json.loads(payload["config"]))
         meta = json.loads(payload["meta"])
+        meta["family"] = family.name
         state = payload["state"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError("state is not a dict of tensors")
@@ -137,11 +154,12 @@ def read_checkpoint(path: str | Path) -> tuple[DetectorConfig, dict[str, Any], d
     return cfg, meta, state, sha
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[AnomalyModel, dict[str, Any], str]:
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any], str]:
+    """-> (the family's module in eval mode on ``device``, meta, file sha256); CheckpointError if unusable."""
     cfg, meta, state, sha = read_checkpoint(path)
-    cfg.masker.pretrained = False  # the masker weights come from the checkpoint itself
+    family = get_family(meta["family"])
     try:
-        model = AnomalyModel(cfg)
+        model = family.build(family.for_loading(cfg))
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {path}: cannot build its architecture ({_one_line(e)})") from None
     expected = set(model.state_dict())
@@ -152,8 +170,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[An
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not match its architecture config ({_one_line(e)})") from None
-    ident = meta.get("masker", {}).get("state_sha256")
-    if ident and ident != state_sha256(model.masker.net.state_dict()):
-        raise CheckpointError(f"checkpoint {path}: masker weights do not match the recorded masker identity")
+    try:
+        family.verify(model, meta)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: {_one_line(e)}") from None
     model.eval()
     return model.to(device), meta, sha

@@ -1,4 +1,4 @@
-"""``linewatch-detector``: train, evaluate, predict, calibrate and benchmark EAR + FADeR detectors.
+"""``linewatch-detector``: train, evaluate, predict, calibrate and benchmark anomaly detectors of every family.
 
 Subcommands are registered from a list of :class:`Command` objects; other modules add their own
 (e.g. ``serve`` from ``detector.service``) by listing the module in :data:`PLUGIN_MODULES` and
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
-from .paths import default_masker_weights
 
 __all__ = ["Command", "UserError", "add_command", "main"]
 
@@ -73,103 +72,80 @@ def _fmt_metrics(m: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------- train
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--variant", default="fader",
-                   choices=["ear", "fader", "fader-binary", "fader-bilinear", "fader-vit"],
-                   help="ear = stage 1 only; fader = EAR + FADeR (default); the others are the paper's ablations "
-                        "(binary mask, bilinear mask scaling, small ViT instead of the MLP)")
-    g.add_argument("--norm", default="minmax", choices=["minmax", "fixed"],
-                   help="normalisation of the predicted patch errors before M_S = 1 - norm(l^): per-image min-max "
-                        "(default) or fixed from training statistics (1st/99th percentile)")
-    g.add_argument("--image-size", type=int, default=256, help="square model input, multiple of 32 (default 256)")
-    g.add_argument("--channels", type=int, default=32, help="U-Net base width (default 32; 16 on small CPUs)")
-    g.add_argument("--mosaic-scale", default="auto",
-                   help="mosaic scale m (= FADeR patch size) or 'auto' to choose among --m-candidates (default)")
-    g.add_argument("--m-candidates", default="4,8,16", help="candidates for --mosaic-scale auto (default 4,8,16)")
-    g.add_argument("--mask-quantile", default="auto",
-                   help="fraction q of mosaic cells (highest saliency) that are obfuscated, or 'auto' (default)")
-    g.add_argument("--q-candidates", default="0.25,0.5,0.75", help="candidates for --mask-quantile auto")
-    g.add_argument("--masker", default="cnn", choices=["cnn", "vit"],
-                   help="saliency: cnn = feature-norm of a timm CNN (default), vit = last-block CLS attention")
-    g.add_argument("--masker-arch", default=None,
-                   help="timm architecture (default tf_efficientnet_lite0 for cnn, vit_small_patch8_224.dino for vit)")
-    g.add_argument("--masker-weights", default=None,
-                   help="local weights file for the masker (default for cnn: ../shared/models/"
-                        "tf_efficientnet_lite0_in1k.safetensors); without it the timm hub is used")
-    g.add_argument("--masker-input-size", type=int, default=224, help="masker input resolution (default 224)")
+_selected_model: str | None = None  # ``--model`` as given on the command line: its family's options are offered
+
+
+def _peek_model(argv: list[str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    known, _ = pre.parse_known_args(argv)
+    return known.model
+
+
+def _models_help() -> str:
+    from .models import DEFAULT_MODEL, families
+
+    lines = []
+    for fam in families():
+        lines.append(f"  {fam.name}: {fam.summary}")
+        lines.append(f"      variants: {', '.join(fam.variants)}")
+        for name, prof in fam.profiles.items():
+            lines.append(f"      --profile {name}: {prof.cost}")
+    return (f"models (--model, default {DEFAULT_MODEL}; a family name means its first variant):\n" + "\n".join(lines)
+            + "\n`--model NAME --help` lists that family's own options.")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="category folder in the MVTec layout (train/good, test/*, ground_truth/*)")
+    from .models import DEFAULT_MODEL, model_names, resolve_model
+
+    p.add_argument("--data", required=True, action="append",
+                   help="category folder in the MVTec layout (train/good, test/*, ground_truth/*); give it several "
+                        "times for one unified model of several products (families that support it)")
     p.add_argument("--out", required=True, help="checkpoint file to write")
-    p.add_argument("--product", default=None, help="product/category name stored in the checkpoint (default: folder name)")
-    _add_model_args(p)
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs-ear", type=int, default=100, help="stage-1 epochs (default 100)")
-    g.add_argument("--epochs-fader", type=int, default=100, help="stage-2 epochs (default 100, the paper's)")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--lr", type=float, default=1e-3, help="stage-1 U-Net learning rate (Adam)")
-    g.add_argument("--fader-lr", type=float, default=3e-3,
-                   help="stage-2 head learning rate (default 3e-3); the decoder gets 0.1x")
-    g.add_argument("--schedule", default="sgdr", choices=["fixed", "warmup", "sgdr"],
-                   help="learning-rate schedule: fixed, linear warm-up then constant, or warm-up then SGDR (default)")
-    g.add_argument("--target-far", type=float, default=0.01,
+    p.add_argument("--product", default=None, help="product name stored in the checkpoint (default: folder name)")
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=model_names(), metavar="NAME",
+                   help=f"model family or variant (default {DEFAULT_MODEL}); see the list below")
+    p.add_argument("--profile", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="size and length defaults for the machine: auto = gpu when CUDA is available, else cpu "
+                        "(what each costs is listed below); explicit options override them")
+    p.add_argument("--target-far", type=float, default=0.01,
                    help="false-alarm rate the threshold is calibrated for, on held-out normal images (default 0.01)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--json", default=None, metavar="PATH", help="write the figures (metrics, timings, choices) as JSON")
-
-
-def _floats(s: str) -> tuple[float, ...]:
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", default=None, metavar="PATH", help="write the figures (metrics, timings, choices) as JSON")
     try:
-        return tuple(float(x) for x in s.split(",") if x.strip())
+        fam, _ = resolve_model(_selected_model or DEFAULT_MODEL)
     except ValueError:
-        raise UserError(f"not a comma-separated list of numbers: {s!r}") from None
-
-
-def configs_from_args(args: argparse.Namespace):
-    from .config import DetectorConfig, FaderConfig
-    from .models.maskers import MaskerConfig
-    from .training import TrainConfig
-
-    arch = args.masker_arch or ("tf_efficientnet_lite0" if args.masker == "cnn" else "vit_small_patch8_224.dino")
-    weights = args.masker_weights
-    if weights is None and args.masker == "cnn" and arch == "tf_efficientnet_lite0":
-        weights = default_masker_weights()
-    if weights is not None and not Path(weights).is_file():
-        raise UserError(f"masker weights file not found: {weights}")
-    mc = MaskerConfig(kind=args.masker, arch=arch, weights=str(Path(weights).resolve()) if weights else None,
-                      pretrained=True, input_size=args.masker_input_size)
-    auto_m = str(args.mosaic_scale).lower() == "auto"
-    auto_q = str(args.mask_quantile).lower() == "auto"
-    m_c = tuple(int(x) for x in _floats(args.m_candidates))
-    q_c = _floats(args.q_candidates)
-    m = m_c[min(1, len(m_c) - 1)] if auto_m else int(args.mosaic_scale)
-    q = q_c[min(1, len(q_c) - 1)] if auto_q else float(args.mask_quantile)
-    try:
-        dc = DetectorConfig(image_size=args.image_size, mosaic_scale=m, mask_quantile=q, unet_channels=args.channels,
-                            masker=mc, fader=FaderConfig(norm=args.norm))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    tc = TrainConfig(epochs_ear=args.epochs_ear, epochs_fader=args.epochs_fader, batch_size=args.batch_size,
-                     lr=args.lr, fader_lr=args.fader_lr, schedule=args.schedule, target_far=args.target_far,
-                     seed=args.seed, device=args.device, m_candidates=m_c, q_candidates=q_c)
-    return dc, tc, auto_m, auto_q
+        return  # argparse reports the bad --model
+    fam.add_arguments(p.add_argument_group(f"{fam.name} options (defaults: the profile's)"))
+    p.epilog = _models_help()
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .workflow import train_from_folder
+    from .models import resolve_model
+    from .workflow import HoldoutOptions, train_model
 
-    dc, tc, auto_m, auto_q = configs_from_args(args)
-    summary = train_from_folder(args.data, args.out, dc, tc, args.variant, auto_m, auto_q, args.product)
+    fam, _ = resolve_model(args.model)
+    try:
+        overrides = fam.overrides_from_args(args)
+        if len(args.data) > 1 and args.product:
+            raise UserError("--product names the one product of a single --data folder; "
+                            "a unified model takes its products' names from the folders")
+        summary = train_model(None, args.out, data=args.data, model=args.model, profile=args.profile,
+                              overrides=overrides, product=args.product,
+                              holdout=HoldoutOptions(target_far=args.target_far), seed=args.seed, device=args.device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     for s in summary.get("skipped_images", []):
         print(f"skipped corrupt image: {s}", file=sys.stderr)
-    print(f"wrote {summary['checkpoint']} (version {summary['version']}): m={summary['mosaic_scale']} "
-          f"q={summary['mask_quantile']} threshold={summary['threshold']:.5f} "
-          f"training {summary['timings_min']['total']:.1f} min")
-    if "metrics" in summary:
-        print("test: " + _fmt_metrics(summary["metrics"]))
+    cfg = summary["config"]
+    choice = f" m={cfg['mosaic_scale']} q={cfg['mask_quantile']}" if "mosaic_scale" in cfg else ""
+    thr = ", ".join(f"{p} {t:.5f}" for p, t in summary["thresholds"].items())
+    print(f"wrote {summary['checkpoint']} (version {summary['version']}, {summary['family']}/{summary['variant']}, "
+          f"{summary['image_size']} px):{choice} threshold {thr}; training {summary['timings_min']['total']:.1f} min")
+    metrics = summary.get("metrics") or {}
+    for name, m in (metrics.items() if summary["products"][1:] else [("test", metrics)] if metrics else []):
+        print(f"{name}: " + _fmt_metrics(m))
     _write_json(args.json, summary)
     return 0
 
@@ -293,13 +269,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Command] = [
-    Command("train", "train a detector on normal images (EAR, then FADeR) and write a checkpoint",
-            "Train on <data>/train/good (normal images only).  Stage 1 trains the EAR U-Net to reconstruct\n"
-            "images whose salient mosaic cells are obfuscated; with --mosaic-scale/--mask-quantile 'auto' the\n"
-            "scale m and fraction q are chosen on held-out normal images vs synthetic defects.  Stage 2 (FADeR)\n"
-            "trains the patch-error MLP and fine-tunes the decoder with attenuated skips.  The threshold is\n"
-            "calibrated on the held-out normal images for --target-far; if <data>/test exists the model is\n"
-            "evaluated on it.  Corrupt images are skipped and reported.",
+    Command("train", "train a detector on normal images and write a checkpoint",
+            "Train a model of the chosen family (--model) on <data>/train/good, normal images only.  A held-out\n"
+            "share of those images is never trained on: the threshold is calibrated on it for --target-far.\n"
+            "If <data>/test exists the model is evaluated on it.  Corrupt images are skipped and reported.\n"
+            "--profile picks sizes and training length that fit the machine (listed below with their cost).",
             _add_train_args, run_train),
     Command("eval", "evaluate a checkpoint on a labelled test set",
             "Image AUROC, pixel AUROC, AUPRO (FPR <= 0.3, normalised), image F1-max, and the false-alarm and\n"
@@ -312,16 +286,19 @@ COMMANDS: list[Command] = [
             "Set the threshold so that at most --target-far of the given normal images score above it\n"
             "(needs no defective images; with fewer than 1/FAR images it extrapolates conservatively).",
             _add_calibrate_args, run_calibrate),
-    Command("benchmark", "train + evaluate EAR, FADeR and the ablations on every shared category (slow)",
-            "Trains stage 1 once per category, then each stage-2 variant on top of it, evaluates all of them\n"
-            "and measures CPU frames/s at batch 1 and 8.  Prints one table and writes JSON + markdown.",
+    Command("benchmark", "train + evaluate every model family on every shared category, with anchors (slow)",
+            "Trains each --models entry per category (and a unified model over all categories for families that\n"
+            "have one), evaluates them, measures CPU frames/s at batch 1 and 8 and peak memory; with the bench\n"
+            "extra installed, anomalib's PaDiM and PatchCore run on the same images as anchors.  Prints one\n"
+            "table and writes JSON + markdown.",
             _add_benchmark_args, run_benchmark),
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="EAR + FADeR visual anomaly detector: training, evaluation and inference.")
+        prog=PROG, description="Visual anomaly detectors (EAR + FADeR, CRAD, ...) trained on normal images only: "
+                               "training, evaluation, calibration and inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in COMMANDS:
@@ -351,6 +328,8 @@ def _entry_point_modules() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from .data import DatasetError
 
+    global _selected_model
+    _selected_model = _peek_model(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -209,3 +209,18 @@ def load_images(samples: list[Sample], size: int, with_masks: bool = False, prog
     arr = np.stack(imgs) if imgs else np.zeros((0, size, size, 3), np.uint8)
     marr = (np.stack(masks) if masks else np.zeros((0, size, size), bool)) if with_masks else None
     return LoadedImages(arr, kept, marr, skipped)
+
+
+def to_tensor(images: np.ndarray, device) -> "torch.Tensor":
+    """uint8 [N,S,S,3] -> uint8 tensor [N,3,S,S] on ``device``."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+
+
+def holdout_split(n: int, seed: int, val_frac: float = 0.1, max_val: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices) of ``n`` normal images; the held-out ones calibrate the threshold."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_val = min(max_val, max(1, int(round(val_frac * n)))) if n >= 4 else 1
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

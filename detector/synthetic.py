@@ -51,8 +51,9 @@ def paint_defect(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
     return out, mask.astype(bool)
 
 
-def _toy_image(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A "part": a smooth grey disc with a ring on a textured background, slightly jittered."""
+def _toy_image(rng: np.random.Generator, size: int, tint: tuple[float, float, float] = (1.0, 0.95, 0.85)
+               ) -> np.ndarray:
+    """A "part": a smooth disc with a ring on a textured background, slightly jittered; ``tint`` per channel."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     img = 60 + 20 * np.sin(xx / size * 6.28 * 2) * np.cos(yy / size * 6.28 * 2)
     c = size / 2 + rng.normal(0, size * 0.01, 2)
@@ -60,7 +61,7 @@ def _toy_image(rng: np.random.Generator, size: int) -> np.ndarray:
     img = np.where(d < size * 0.35, 170 - 40 * (d / (size * 0.35)) ** 2, img)
     img = np.where(np.abs(d - size * 0.22) < size * 0.02, 220, img)
     img = img + rng.normal(0, 1, img.shape)
-    rgb = np.stack([img, img * 0.95, img * 0.85], axis=-1)
+    rgb = np.stack([img * tint[0], img * tint[1], img * tint[2]], axis=-1)
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
@@ -79,8 +80,10 @@ def _toy_defect(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 
 def make_toy_dataset(root: str | Path, n_train: int = 32, n_good: int = 8, n_bad: int = 8, size: int = 64,
-                     seed: int = 0) -> Path:
-    """Write a small MVTec-layout dataset of generated parts with painted defects (for tests/demos)."""
+                     seed: int = 0, tint: tuple[float, float, float] = (1.0, 0.95, 0.85)) -> Path:
+    """Write a small MVTec-layout dataset of generated parts with painted defects (for tests/demos).
+
+    ``tint`` colours the parts: another tint makes another product (e.g. for a unified model)."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     for sub in ("train/good", "test/good", "test/spot", "ground_truth/spot"):
@@ -90,11 +93,11 @@ def make_toy_dataset(root: str | Path, n_train: int = 32, n_good: int = 8, n_bad
         cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
     for i in range(n_train):
-        save(root / "train/good" / f"{i:03d}.png", _toy_image(rng, size))
+        save(root / "train/good" / f"{i:03d}.png", _toy_image(rng, size, tint))
     for i in range(n_good):
-        save(root / "test/good" / f"{i:03d}.png", _toy_image(rng, size))
+        save(root / "test/good" / f"{i:03d}.png", _toy_image(rng, size, tint))
     for i in range(n_bad):
-        img, m = _toy_defect(_toy_image(rng, size), rng)
+        img, m = _toy_defect(_toy_image(rng, size, tint), rng)
         save(root / "test/spot" / f"{i:03d}.png", img)
         cv2.imwrite(str(root / "ground_truth/spot" / f"{i:03d}_mask.png"), m.astype(np.uint8) * 255)
     return root

@@ -1,130 +1,247 @@
-"""End-to-end workflows behind the CLI: train a checkpoint, evaluate it, recalibrate it."""
+"""End-to-end workflows behind the CLI, the benchmark and retraining, for every model family:
+train a checkpoint, evaluate it, recalibrate it.
+
+Training is family-neutral: the images are loaded at the family's input size, a held-out share of
+the normal training images is set aside (never trained on), the family trains on the rest, the
+threshold is calibrated on the held-out normals (one per product for a unified model), the test
+split -- when there is one -- is evaluated, and one checkpoint is written.
+"""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from .checkpoint import load_model, save_checkpoint
-from .config import DetectorConfig, FaderConfig
-from .data import MVTecFolder, load_images
-from .models.anomaly import AnomalyModel
-from .models.maskers import masker_identity
-from .training import (PreparedData, TrainConfig, build_masker_for, calibrate_on, evaluate, load_test, prepare,
-                       resolve_device, to_tensor, train_ear, train_fader)
+from .checkpoint import load_model, read_checkpoint, save_checkpoint
+from .data import DatasetError, MVTecFolder, holdout_split, load_images, to_tensor
+from .device import resolve_device
+from .metrics import calibrate_threshold
+from .models import DEFAULT_MODEL, resolve_model
+from .models.registry import ModelFamily, TrainingSet, family_of
+from .scoring import calibrate, evaluate, load_test, score_images
 
 log = logging.getLogger(__name__)
 
-# name -> FADeR options (None = EAR alone).  "fader" is the default model.
-VARIANTS: dict[str, dict[str, Any] | None] = {
-    "ear": None,
-    "fader": {},
-    "fader-binary": {"mask": "binary"},
-    "fader-bilinear": {"resize": "bilinear"},
-    "fader-vit": {"head": "vit"},
-    "fader-altnorm": {"norm": "__alt__"},  # the normalisation that is not the default one
-}
+
+@dataclasses.dataclass
+class HoldoutOptions:
+    """How the held-out normals for calibration are chosen, and the false-alarm rate to calibrate for."""
+
+    target_far: float = 0.01
+    val_frac: float = 0.1
+    max_val: int = 32
 
 
-def fader_config(variant: str, base: FaderConfig | None = None) -> FaderConfig | None:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
-    opts = VARIANTS[variant]
-    if opts is None:
-        return None
-    fc = copy.deepcopy(base) if base else FaderConfig()
-    for k, v in opts.items():
-        if v == "__alt__":
-            v = "fixed" if fc.norm == "minmax" else "minmax"
-        setattr(fc, k, v)
-    return fc
+def pick_profile(profile: str, device: torch.device) -> str:
+    """``auto`` -> ``gpu`` on CUDA, else ``cpu``."""
+    if profile == "auto":
+        return "gpu" if device.type == "cuda" else "cpu"
+    return profile
 
 
-@dataclass
-class Trained:
-    model: AnomalyModel
-    meta: dict[str, Any]
+def training_set(images: dict[str, np.ndarray], seed: int, holdout: HoldoutOptions, device: torch.device,
+                 fingerprint: str = "", skipped: Sequence[str] = ()) -> TrainingSet:
+    """Per product: uint8 ``[N,S,S,3]`` normal images -> one :class:`TrainingSet` (held-out split per product)."""
+    train, val, train_p, val_p = [], [], [], []
+    for product, arr in images.items():
+        if len(arr) < 2:
+            raise DatasetError(f"{product}: {len(arr)} readable training images; at least 2 are needed")
+        tr, va = holdout_split(len(arr), seed, holdout.val_frac, holdout.max_val)
+        t = to_tensor(arr, device)
+        train.append(t[tr])
+        val.append(t[va])
+        train_p += [product] * len(tr)
+        val_p += [product] * len(va)
+    return TrainingSet(torch.cat(train), torch.cat(val), train_p, val_p, fingerprint, list(skipped))
 
 
-def build_meta(model: AnomalyModel, data: PreparedData, tc: TrainConfig, product: str | None,
-               threshold: float, val_scores: np.ndarray, timings: dict[str, float],
-               selection: list | None, variant: str) -> dict[str, Any]:
-    return {
-        "variant": variant,
-        "product": product,
-        "threshold": float(threshold),
-        "target_far": tc.target_far,
-        "calibration": {"n_normal": int(len(val_scores)), "source": "held-out train/good",
-                        "max_normal_score": float(val_scores.max()) if len(val_scores) else None},
-        "masker": masker_identity(model.cfg.masker, model.masker),
-        "training_data": {"root": str(data.dataset.root), "fingerprint_sha256": data.fingerprint,
-                          "n_train": int(len(data.train)), "n_val": int(len(data.val)),
-                          "skipped": data.skipped},
-        "train_config": tc.to_dict(),
-        "timings_min": timings,
-        "mosaic_selection": selection,
-    }
+def _load_folder(ds: MVTecFolder, size: int, progress: bool) -> tuple[np.ndarray, list[str]]:
+    loaded = load_images(ds.train, size, progress=progress, desc=f"train images ({ds.name})")
+    if len(loaded.images) < 2:
+        why = f" ({len(loaded.skipped)} corrupt skipped, e.g. {loaded.skipped[0]})" if loaded.skipped else ""
+        raise DatasetError(f"dataset {ds.root} has {len(loaded.images)} readable training images; "
+                           f"at least 2 are needed{why}")
+    return loaded.images, loaded.skipped
 
 
-def train_from_folder(data_root: str | Path, out: str | Path | None, dcfg: DetectorConfig | None, tc: TrainConfig,
-                      variant: str = "fader", auto_m: bool = True, auto_q: bool = True,
-                      product: str | None = None, progress: bool = True,
-                      init_checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Train (stage 1 and, unless ``variant == 'ear'``, stage 2), calibrate, evaluate, save.
+def _fingerprint(parts: Sequence[str]) -> str:
+    import hashlib
 
-    ``init_checkpoint`` (warm start): continue from that checkpoint's weights with its architecture,
-    masker, mosaic scale and mask fraction (``dcfg``, ``variant``, ``auto_m``/``auto_q`` are then
-    ignored); used by the nightly retraining.
+    return parts[0] if len(parts) == 1 else hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+def resolve_configs(model: str | None, profile: str, device: torch.device, overrides: dict[str, Any] | None,
+                    init: torch.nn.Module | None = None) -> tuple[ModelFamily, str, Any, Any]:
+    """-> (family, variant, config, train config).  A warm start takes the family and config of ``init``
+    and applies only the overrides that name settings the family has."""
+    prof = pick_profile(profile, device)
+    if init is not None:
+        fam = family_of(init.cfg)
+        fields = {f.name for f in dataclasses.fields(fam.train_config_cls)}
+        ignored = sorted(set(overrides or {}) - fields)
+        if ignored:
+            log.info("warm start of %s: settings it does not have are ignored: %s", fam.name, ignored)
+        stored = {k: v for k, v in (overrides or {}).items() if k in fields}
+        _, tc = fam.configs(fam.variant_of(init.cfg), prof, stored)
+        return fam, fam.variant_of(init.cfg), init.cfg, tc
+    fam, variant = resolve_model(model or DEFAULT_MODEL)
+    cfg, tc = fam.configs(variant, prof, overrides)
+    return fam, variant, cfg, tc
+
+
+def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | None = None, *,
+                data: Sequence[str | Path] = (), model: str | None = None, profile: str = "auto",
+                overrides: dict[str, Any] | None = None, product: str | None = None,
+                holdout: HoldoutOptions | None = None, seed: int = 0, device: str = "auto",
+                progress: bool = True, init_checkpoint: str | Path | None = None,
+                workspace: dict[str, Any] | None = None, configs: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Train, calibrate, evaluate (when a test split exists), save (when ``out``) -> summary.
+
+    The normal images come either from MVTec-layout folders (``data``: one per product; several make
+    a unified model, for families that support it) or from memory (``images``: product -> uint8
+    ``[N,S,S,3]`` at the family's input size, e.g. the retraining job's captures).
+
+    ``model``: a family or variant name (default :data:`detector.models.DEFAULT_MODEL`); ``profile``:
+    cpu | gpu | auto; ``overrides``: config / train-config fields; ``configs``: explicit
+    (config, train config) instead.  ``init_checkpoint`` (warm start, nightly retraining): continue
+    from that checkpoint with its family, architecture and choices.
     """
-    device = resolve_device(tc.device)
-    ds = MVTecFolder.open(data_root)
-    product = product or ds.name
+    holdout = holdout or HoldoutOptions()
+    dev = resolve_device(device)
     init = None
     if init_checkpoint is not None:
-        init, _, _ = load_model(init_checkpoint, device)
-        dcfg, auto_m, auto_q = copy.deepcopy(init.cfg), False, False
-        variant = "ear" if init.cfg.fader is None else "fader"
-        fcfg = copy.deepcopy(init.cfg.fader)
-        masker = init.masker
+        init, _, _ = load_model(init_checkpoint, dev)
+    if configs is not None:
+        fam, cfg, tc = family_of(configs[0]), configs[0], configs[1]
+        variant = fam.variant_of(cfg)
     else:
-        assert dcfg is not None, "a DetectorConfig or an init_checkpoint is needed"
-        fcfg = fader_config(variant, dcfg.fader)
-        masker = build_masker_for(dcfg, device)
-    data = prepare(ds, dcfg.image_size, masker, tc, device, progress)
-    s1 = train_ear(dcfg, data, tc, masker, device, auto_m, auto_q, progress, init=init)
-    timings = {"stage1": s1.minutes}
-    model = s1.model
-    if fcfg is not None:
-        s2 = train_fader(model, fcfg, data, tc, device, progress, init=init)
-        model = s2.model
-        timings["stage2"] = s2.minutes
-    timings["total"] = sum(timings.values())
-    thr, val_scores = calibrate_on(model, data.val, data.val_sal, tc.target_far)
-    meta = build_meta(model, data, tc, product, thr, val_scores, timings, s1.selection, variant)
+        fam, variant, cfg, tc = resolve_configs(model, profile, dev, overrides, init)
+    size = int(cfg.image_size)
+    n_products = len(images) if images is not None else len(data)
+    if n_products > 1 and not fam.unified:
+        raise DatasetError(f"{fam.name} trains one product per model; {n_products} were given "
+                           f"(unified models: {', '.join(_unified_names()) or 'none'})")
+    folders = [MVTecFolder.open(d) for d in data]
+    skipped: list[str] = []
+    prints: list[str] = []
+    if images is None:
+        if not folders:
+            raise DatasetError("no training data given")
+        images = {}
+        for i, ds in enumerate(folders):
+            name = product if (product and len(folders) == 1) else ds.name
+            if name in images:
+                raise DatasetError(f"two training folders are named {name!r}: give each product its own name")
+            images[name], sk = _load_folder(ds, size, progress)
+            skipped += sk
+            prints.append(ds.fingerprint())
+    else:
+        prints.append(_images_fingerprint(images))
+    tset = training_set(images, seed, holdout, dev, _fingerprint(prints), skipped)
+    fit = fam.fit(cfg, tc, tset, dev, seed=seed, progress=progress, init=init, workspace=workspace)
+    net = fit.model
+    timings = dict(fit.minutes)
+    timings["total"] = sum(fit.minutes.values())
+
+    products = tset.products
+    _, val_scores = calibrate(net, tset.val, holdout.target_far)
+    val_p = np.array(tset.val_products)
+    thresholds = {p: calibrate_threshold(val_scores[val_p == p], holdout.target_far) for p in products}
+    meta: dict[str, Any] = {
+        **fit.meta,
+        "variant": variant,
+        "product": products[0] if len(products) == 1 else None,
+        "threshold": float(max(thresholds.values())),
+        "target_far": holdout.target_far,
+        "calibration": {"n_normal": int(len(val_scores)), "source": "held-out train/good",
+                        "max_normal_score": float(val_scores.max())},
+        "training_data": {"root": ", ".join(str(ds.root) for ds in folders) or "memory",
+                          "fingerprint_sha256": tset.fingerprint, "n_train": int(len(tset.train)),
+                          "n_val": int(len(tset.val)), "skipped": tset.skipped},
+        "train_config": tc.to_dict() if hasattr(tc, "to_dict") else dataclasses.asdict(tc),
+        "seed": seed,
+        "timings_min": timings,
+    }
+    if len(products) > 1:
+        meta["products"] = products
+        meta["thresholds"] = thresholds
     if init_checkpoint is not None:
         meta["warm_start"] = {"checkpoint": str(init_checkpoint)}
-    summary: dict[str, Any] = {"variant": variant, "product": product, "threshold": thr,
-                               "mosaic_scale": model.cfg.mosaic_scale, "mask_quantile": model.cfg.mask_quantile,
-                               "image_size": model.cfg.image_size, "timings_min": timings,
-                               "skipped_images": list(data.skipped)}
-    if ds.test:
-        imgs, loaded = load_test(ds, dcfg.image_size, device, progress)
-        ev = evaluate(model, imgs, loaded, progress=progress)
-        meta["metrics"] = ev.metrics
-        summary["metrics"] = ev.metrics
-        summary["skipped_images"] += ev.skipped
+    summary: dict[str, Any] = {"family": fam.name, "variant": variant, "product": meta["product"],
+                               "products": products, "threshold": meta["threshold"], "thresholds": thresholds,
+                               "image_size": size, "timings_min": timings, "skipped_images": list(skipped),
+                               "config": net.cfg.to_dict()}
+    tested = [ds for ds in folders if ds.test]
+    if tested:
+        per: dict[str, dict[str, Any]] = {}
+        for ds in tested:
+            imgs, loaded = load_test(ds, size, dev, progress)
+            ev = evaluate(net, imgs, loaded, progress=progress)
+            per[ds.name] = ev.metrics
+            summary["skipped_images"] += ev.skipped
+        meta["metrics"] = per[tested[0].name] if len(tested) == 1 else per
+        summary["metrics"] = meta["metrics"]
     if out is not None:
-        sha = save_checkpoint(out, model, meta)
+        sha = save_checkpoint(out, net, meta)
         summary["checkpoint"] = str(out)
         summary["version"] = sha[:12]
-    summary["model"] = model
+    summary["model"] = net
     summary["meta"] = meta
     return summary
+
+
+def train_on_images(images: Sequence[np.ndarray], product: str, *, init_checkpoint: str | Path | None = None,
+                    model: str | None = None, overrides: dict[str, Any] | None = None,
+                    holdout: HoldoutOptions | None = None, seed: int = 0, device: str = "auto",
+                    progress: bool = True) -> dict[str, Any]:
+    """Train from decoded RGB frames of any size (e.g. the retraining job's captures) -> summary.
+
+    With ``init_checkpoint`` the family and input size are that checkpoint's; otherwise ``model``'s.
+    """
+    from .data import resize_square, to_rgb
+
+    dev = resolve_device(device)
+    if init_checkpoint is not None:
+        cfg, _, _, _ = read_checkpoint(init_checkpoint)
+        size = int(cfg.image_size)
+    else:
+        _, _, cfg, _ = resolve_configs(model, "auto", dev, overrides)
+        size = int(cfg.image_size)
+    arr = np.stack([resize_square(to_rgb(np.asarray(f)), size) for f in images]) if len(images) else \
+        np.zeros((0, size, size, 3), np.uint8)
+    return train_model({product: arr}, None, model=model, overrides=overrides, product=product, holdout=holdout,
+                       seed=seed, device=device, progress=progress, init_checkpoint=init_checkpoint)
+
+
+def train_from_folder(data_root: str | Path, out: str | Path | None, *, model: str | None = None,
+                      profile: str = "auto", overrides: dict[str, Any] | None = None, product: str | None = None,
+                      target_far: float = 0.01, seed: int = 0, device: str = "auto", progress: bool = True,
+                      init_checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """One MVTec-layout folder -> checkpoint (see :func:`train_model`)."""
+    return train_model(None, out, data=[data_root], model=model, profile=profile, overrides=overrides,
+                       product=product, holdout=HoldoutOptions(target_far=target_far), seed=seed, device=device,
+                       progress=progress, init_checkpoint=init_checkpoint)
+
+
+def _images_fingerprint(images: dict[str, np.ndarray]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for product in sorted(images):
+        h.update(product.encode() + b"\0")
+        h.update(hashlib.sha256(np.ascontiguousarray(images[product]).tobytes()).digest())
+    return h.hexdigest()
+
+
+def _unified_names() -> list[str]:
+    from .models import families
+
+    return [f.name for f in families() if f.unified]
 
 
 def evaluate_checkpoint(ckpt: str | Path, data_root: str | Path, device: str = "auto",
@@ -132,23 +249,27 @@ def evaluate_checkpoint(ckpt: str | Path, data_root: str | Path, device: str = "
     dev = resolve_device(device)
     model, meta, sha = load_model(ckpt, dev)
     ds = MVTecFolder.open(data_root, need_test=True)
-    imgs, loaded = load_test(ds, model.cfg.image_size, dev, progress)
+    imgs, loaded = load_test(ds, model.image_size, dev, progress)
     ev = evaluate(model, imgs, loaded, progress=progress)
-    thr = float(meta.get("threshold", float("inf")))
+    thresholds = meta.get("thresholds") or {}
+    thr = float(thresholds.get(ds.name, meta.get("threshold", float("inf"))))
     pred = ev.scores > thr
     labels = ev.labels.astype(bool)
     m = dict(ev.metrics)
     m["threshold"] = thr
     m["false_alarm_rate"] = float(pred[~labels].mean()) if (~labels).any() else float("nan")
     m["detection_rate"] = float(pred[labels].mean()) if labels.any() else float("nan")
-    return {"checkpoint": str(ckpt), "version": sha[:12], "dataset": str(ds.root), "metrics": m,
-            "skipped_images": ev.skipped}
+    return {"checkpoint": str(ckpt), "version": sha[:12], "family": meta.get("family"), "dataset": str(ds.root),
+            "metrics": m, "skipped_images": ev.skipped}
 
 
 def calibrate_checkpoint(ckpt: str | Path, images_dir: str | Path, target_far: float, out: str | Path | None = None,
-                         device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Re-calibrate the threshold on a folder of normal-only images (no defects needed)."""
-    from .data import DatasetError, IMAGE_EXTS, Sample
+                         device: str = "auto", progress: bool = True, product: str | None = None) -> dict[str, Any]:
+    """Re-calibrate the threshold on a folder of normal-only images (no defects needed).
+
+    For a unified model, ``product`` names whose threshold this is (the others are kept).
+    """
+    from .data import IMAGE_EXTS, Sample
 
     dev = resolve_device(device)
     model, meta, _ = load_model(ckpt, dev)
@@ -158,14 +279,20 @@ def calibrate_checkpoint(ckpt: str | Path, images_dir: str | Path, target_far: f
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
     if not files:
         raise DatasetError(f"calibration folder {folder} has no images")
-    loaded = load_images([Sample(p, 0, "good") for p in files], model.cfg.image_size, progress=progress,
+    loaded = load_images([Sample(p, 0, "good") for p in files], model.image_size, progress=progress,
                          desc="calibration images")
     if len(loaded.images) == 0:
         raise DatasetError(f"calibration folder {folder}: no readable images")
-    imgs = to_tensor(loaded.images, dev)
-    thr, scores = calibrate_on(model, imgs, None, target_far)
+    thr, scores = calibrate(model, to_tensor(loaded.images, dev), target_far)
     meta = dict(meta)
-    meta["threshold"] = thr
+    if meta.get("thresholds"):
+        if product not in meta["thresholds"]:
+            raise DatasetError(f"this model serves {', '.join(meta['thresholds'])}: say which product's threshold "
+                               "to calibrate (--product)")
+        meta["thresholds"] = {**meta["thresholds"], product: thr}
+        meta["threshold"] = float(max(meta["thresholds"].values()))
+    else:
+        meta["threshold"] = thr
     meta["target_far"] = target_far
     meta["calibration"] = {"n_normal": int(len(scores)), "source": str(folder),
                            "max_normal_score": float(scores.max())}
@@ -173,3 +300,7 @@ def calibrate_checkpoint(ckpt: str | Path, images_dir: str | Path, target_far: f
     sha = save_checkpoint(target, model, meta)
     return {"checkpoint": str(target), "version": sha[:12], "threshold": thr, "target_far": target_far,
             "n_images": int(len(scores)), "skipped_images": loaded.skipped}
+
+
+__all__ = ["HoldoutOptions", "train_model", "train_on_images", "train_from_folder", "evaluate_checkpoint",
+           "calibrate_checkpoint", "score_images"]

@@ -517,7 +517,6 @@ def retrain(engine: Engine, blobs: BlobStore, store: ModelStore, product: str,
     """
     from detector.checkpoint import save_checkpoint
     from detector.inference import Detector
-    from detector.training import TrainConfig
     from detector.workflow import train_from_folder
 
     settings = settings or RetrainSettings()
@@ -550,15 +549,16 @@ def retrain(engine: Engine, blobs: BlobStore, store: ModelStore, product: str,
 
         t0 = time.perf_counter()
         stage("train")
-        tc = TrainConfig(epochs_ear=settings.epochs_ear, epochs_fader=settings.epochs_fader,
-                         batch_size=settings.batch_size, lr=settings.lr, fader_lr=settings.fader_lr,
-                         target_far=settings.target_far, seed=settings.seed, device=settings.device)
+        # settings the active model's family has are applied (the EAR + FADeR ones to EAR + FADeR)
+        overrides = {"epochs_ear": settings.epochs_ear, "epochs_fader": settings.epochs_fader,
+                     "batch_size": settings.batch_size, "lr": settings.lr, "fader_lr": settings.fader_lr}
         work = Path(tempfile.mkdtemp(prefix=".tmp-retrain-", dir=store.product_dir(product)))
         tmp_ckpt = None
         try:
             data_root = _write_training_folder(work, g.train, blobs, train_transform)
-            summary = train_from_folder(data_root, None, None, tc, product=product, progress=progress,
-                                        init_checkpoint=active_path)
+            summary = train_from_folder(data_root, None, overrides=overrides, product=product,
+                                        target_far=settings.target_far, seed=settings.seed, device=settings.device,
+                                        progress=progress, init_checkpoint=active_path)
             meta = dict(summary["meta"])
             meta["training_data"] = {**meta.get("training_data", {}), "root": f"registry:{product}",
                                      "fingerprint_sha256": g.fingerprint(), "counts": g.counts,

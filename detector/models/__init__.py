@@ -1,9 +1,14 @@
-"""Network pieces of the EAR + FADeR detector, one file per architecture.
+"""Model families, one folder each, found by name through :mod:`.registry`.
 
-* :mod:`.maskers`      -- frozen "pre-trained attention" saliency (ViT CLS attention, CNN feature norm)
-* :mod:`.mosaic`       -- mosaic obfuscation of the masked region (EAR)
-* :mod:`.unet`         -- the 5-level reconstruction U-Net with attenuation gates on its skips
-* :mod:`.fader`        -- FADeR patch-error predictors (MLP, small ViT), ranking loss, soft mask
-* :mod:`.msgms`        -- multi-scale gradient-magnitude similarity (score + loss) and SSIM loss
-* :mod:`.anomaly`      -- the whole pipeline (masker -> obfuscation -> FADeR -> U-Net -> MSGMS map)
+* :mod:`.ear_fader` -- EAR + FADeR: masked mosaic reconstruction (U-Net), MSGMS map
+* :mod:`.backbones` -- frozen pretrained timm networks the families share
+
+``DEFAULT_MODEL`` is what ``train``, the local stack's first model and retraining of a new product use.
 """
+
+from . import ear_fader  # noqa: F401 - importing registers the family
+from .registry import families, family_of, get_family, model_names, resolve_model
+
+DEFAULT_MODEL = "fader"
+
+__all__ = ["DEFAULT_MODEL", "families", "family_of", "get_family", "model_names", "resolve_model"]

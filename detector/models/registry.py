@@ -128,9 +128,10 @@ class ModelFamily(ABC):
 
     # ---- training
     @abstractmethod
-    def fit(self, cfg: Any, tc: Any, data: TrainingSet, device: torch.device, *, progress: bool = True,
-            init: nn.Module | None = None, workspace: dict[str, Any] | None = None) -> FitResult:
-        """Train on ``data`` (normal images only).
+    def fit(self, cfg: Any, tc: Any, data: TrainingSet, device: torch.device, *, seed: int = 0,
+            progress: bool = True, init: nn.Module | None = None,
+            workspace: dict[str, Any] | None = None) -> FitResult:
+        """Train on ``data`` (normal images only), reproducibly for a ``seed``.
 
         ``init``: a trained module of this family to continue from (warm start, nightly retraining);
         ``cfg`` is then ``init.cfg``.  ``workspace``: a dict shared by the variants of this family
@@ -164,6 +165,15 @@ def get_family(name: str) -> ModelFamily:
 def families() -> list[ModelFamily]:
     _load_builtin()
     return list(_FAMILIES.values())
+
+
+def family_of(cfg: Any) -> ModelFamily:
+    """The family whose config class ``cfg`` is."""
+    _load_builtin()
+    for fam in _FAMILIES.values():
+        if isinstance(cfg, fam.config_cls):
+            return fam
+    raise ValueError(f"{type(cfg).__name__} is no registered family's config")
 
 
 def resolve_model(name: str) -> tuple[ModelFamily, str]:

@@ -162,7 +162,7 @@ class ModelSet:
             return None
         det = self.detectors[path]
         thr = self.routing.threshold_override(camera_id, product)
-        return Route(det, float(det.threshold if thr is None else thr), path)
+        return Route(det, float(det.threshold_for(product) if thr is None else thr), path)
 
     def versions(self) -> dict[str, str]:
         return {path: det.version for path, det in self.detectors.items()}

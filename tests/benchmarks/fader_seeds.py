@@ -1,21 +1,20 @@
 """Stage-2 seed sweep (outside CI): FADeR trained several times on one saved stage 1, against its EAR.
 
     python -m tests.benchmarks.fader_seeds --help
-    linewatch-detector benchmark --categories magnetic_tile --variants ear --out-dir /tmp/lwb
+    linewatch-detector benchmark --categories magnetic_tile --models ear --out-dir /tmp/lwb
     python -m tests.benchmarks.fader_seeds --stage1 /tmp/lwb/magnetic_tile/ear.pt \\
         --data ../shared/data/magnetic_tile/magnetic_tile --seeds 0,1,2 --stage2-passes 12000
 
 Only stage 2 varies: the held-out split, the cached masks and the stage-1 network are those of the
 saved stage 1 (the split comes from ``--split-seed``, which must be the seed stage 1 was trained
-with, 0 by default as in the benchmark).  Every FADeR is ``detector.training.train_fader``, the
-benchmark's own code path, with ``TrainConfig.seed`` = the stage-2 seed.  Prints image AUROC per seed
+with, 0 by default as in the benchmark).  Every FADeR is ``detector.models.ear_fader.trainer.train_fader``,
+the benchmark's own code path, with the stage-2 seed.  Prints image AUROC per seed
 and the mean, next to the stage 1's EAR on the same test images; ``--json`` writes them.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -43,31 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from detector.checkpoint import load_model
-    from detector.config import FaderConfig
-    from detector.data import MVTecFolder
+    from detector.data import MVTecFolder, load_images
     from detector.metrics import image_auroc
-    from detector.training import TrainConfig, compute_saliency, load_test, prepare, score_images, train_fader
+    from detector.models.ear_fader import EarFaderTrainConfig, FaderConfig
+    from detector.models.ear_fader.trainer import prepare, train_fader
+    from detector.scoring import load_test, score_images
+    from detector.workflow import HoldoutOptions, training_set
 
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     ear, _, _ = load_model(args.stage1, device)
     ds = MVTecFolder.open(Path(args.data), need_test=True)
-    base = TrainConfig(seed=args.split_seed)
-    data = prepare(ds, ear.cfg.image_size, ear.masker, base, device, progress=False)
-    base.epochs_fader = max(1, round(args.stage2_passes / len(data.train)))
+    tset = training_set({ds.name: load_images(ds.train, ear.image_size).images}, args.split_seed, HoldoutOptions(),
+                        device)
+    data = prepare(tset, ear.masker, progress=False)
+    base = EarFaderTrainConfig(passes_fader=args.stage2_passes)
     if args.max_pairs is not None:
         base.max_pairs_per_image = args.max_pairs
-    imgs, loaded = load_test(ds, ear.cfg.image_size, device, progress=False)
-    sal = compute_saliency(ear.masker, imgs)
+    imgs, loaded = load_test(ds, ear.image_size, device, progress=False)
     labels = np.array([s.label for s in loaded.samples])
-    ear_auc = image_auroc(labels, score_images(ear, imgs, sal)[1])
-    print(f"{ds.name}: m={ear.cfg.mosaic_scale} q={ear.cfg.mask_quantile}, stage 2 {base.epochs_fader} epochs, "
+    ear_auc = image_auroc(labels, score_images(ear, imgs)[1])
+    print(f"{ds.name}: m={ear.cfg.mosaic_scale} q={ear.cfg.mask_quantile}, stage 2 {base.epochs_for(len(data.train))[1]} epochs, "
           f"EAR image AUROC {ear_auc:.4f}", flush=True)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
-        tc = dataclasses.replace(base, seed=seed)
-        s2 = train_fader(ear, FaderConfig(), data, tc, device, progress=False)
-        auc = image_auroc(labels, score_images(s2.model, imgs, sal)[1])
+        s2 = train_fader(ear, FaderConfig(), data, base, device, seed, progress=False)
+        auc = image_auroc(labels, score_images(s2.model, imgs)[1])
         rows.append({"seed": seed, "image_auroc": auc, "stage2_min": s2.minutes})
         print(f"  stage-2 seed {seed}: FADeR {auc:.4f} ({auc - ear_auc:+.4f} vs EAR), {s2.minutes:.1f} min", flush=True)
     mean = statistics.mean(r["image_auroc"] for r in rows)

@@ -135,10 +135,6 @@ def quick_checkpoint(image_size: int, channels: int) -> Path:
     out = cache / f"quick-{image_size}px-{channels}ch.pt"
     if out.is_file():
         return out
-    from detector.paths import default_masker_weights
-    from detector.config import DetectorConfig, FaderConfig
-    from detector.models.maskers import MaskerConfig
-    from detector.training import TrainConfig
     from detector.workflow import train_from_folder
     from ingest.simulator import write_normal_parts
 
@@ -146,13 +142,10 @@ def quick_checkpoint(image_size: int, channels: int) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         write_normal_parts(Path(tmp) / "sim" / "train" / "good", 24, seed=1)
-        w = default_masker_weights()
-        mc = MaskerConfig(kind="cnn", weights=w, pretrained=w is not None)
-        dc = DetectorConfig(image_size=image_size, mosaic_scale=8, mask_quantile=0.5, unet_channels=channels,
-                            masker=mc, fader=FaderConfig())
-        tc = TrainConfig(epochs_ear=1, epochs_fader=1, batch_size=8, device="cpu")
-        train_from_folder(Path(tmp) / "sim", out, dc, tc, "fader", auto_m=False, auto_q=False, product="flange",
-                          progress=False)
+        train_from_folder(Path(tmp) / "sim", out, model="fader", profile="cpu", product="flange", device="cpu",
+                          overrides={"image_size": image_size, "unet_channels": channels, "mosaic_scale": 8,
+                                     "mask_quantile": 0.5, "auto_m": False, "auto_q": False, "epochs_ear": 1,
+                                     "epochs_fader": 1}, progress=False)
     return out
 
 

@@ -23,7 +23,7 @@ def _one_torch_thread():
 
 def masker_config(input_size: int = 64):
     """The real EfficientNet-Lite0 when the shared file is there, else the same net randomly initialised."""
-    from detector.models.maskers import MaskerConfig
+    from detector.models.ear_fader.maskers import MaskerConfig
 
     if LITE0.is_file():
         return MaskerConfig(kind="cnn", weights=str(LITE0), input_size=input_size)
@@ -31,9 +31,9 @@ def masker_config(input_size: int = 64):
 
 
 def tiny_config(fader: bool = True, **kw):
-    from detector.config import DetectorConfig, FaderConfig
+    from detector.models.ear_fader import EarFaderConfig, FaderConfig
 
-    return DetectorConfig(image_size=64, mosaic_scale=8, mask_quantile=0.5, unet_channels=8,
+    return EarFaderConfig(image_size=64, mosaic_scale=8, mask_quantile=0.5, unet_channels=8,
                           masker=masker_config(), fader=FaderConfig() if fader else None, **kw)
 
 
@@ -47,11 +47,11 @@ def toy_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="package")
 def trained(tmp_path_factory, toy_dataset):
     """A tiny EAR + FADeR model trained on the toy data (shared by several tests)."""
-    from detector.training import TrainConfig
-    from detector.workflow import train_from_folder
+    from detector.models.ear_fader import EarFaderTrainConfig
+    from detector.workflow import train_model
 
-    tc = TrainConfig(epochs_ear=25, epochs_fader=8, batch_size=8, m_candidates=(4, 8), q_candidates=(0.5,),
-                     device="cpu")
+    tc = EarFaderTrainConfig(epochs_ear=25, epochs_fader=8, batch_size=8, m_candidates=(4, 8), q_candidates=(0.5,),
+                             auto_q=False)
     out = tmp_path_factory.mktemp("ckpt") / "toy.pt"
-    summary = train_from_folder(toy_dataset, out, tiny_config(), tc, variant="fader", progress=False)
+    summary = train_model(None, out, data=[toy_dataset], configs=(tiny_config(), tc), device="cpu", progress=False)
     return summary

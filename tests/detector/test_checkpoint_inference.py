@@ -21,7 +21,7 @@ def test_toy_train_eval_well_above_chance(trained):
     assert m["n_defective"] == 10 and m["n_test"] == 20
     assert m["image_auroc"] >= 0.8, m
     assert m["pixel_auroc"] >= 0.7, m
-    assert trained["mosaic_scale"] in (4, 8)
+    assert trained["config"]["mosaic_scale"] in (4, 8)
 
 
 def test_checkpoint_round_trip_identical_outputs(trained, toy_dataset, tmp_path):
@@ -30,8 +30,9 @@ def test_checkpoint_round_trip_identical_outputs(trained, toy_dataset, tmp_path)
     p1 = det.predict(frames)
     # in-memory model (before saving) gives the same scores
     model = trained["model"].cpu().eval()
-    x = torch.from_numpy(np.stack([f for f in frames])).permute(0, 3, 1, 2).float() / 255
-    _, scores = model.score(x)
+    x = torch.from_numpy(np.stack([f for f in frames])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        scores, _ = model(x)
     np.testing.assert_allclose(p1.scores, scores.numpy(), rtol=0, atol=1e-6)
     # save again from the loaded model -> load -> bit-identical predictions
     again = tmp_path / "again.pt"
@@ -46,7 +47,7 @@ def test_checkpoint_round_trip_identical_outputs(trained, toy_dataset, tmp_path)
 
 def test_checkpoint_carries_everything(trained):
     cfg, meta, state, sha = read_checkpoint(trained["checkpoint"])
-    assert cfg.image_size == 64 and cfg.mosaic_scale == trained["mosaic_scale"] and cfg.fader is not None
+    assert cfg.image_size == 64 and cfg.mosaic_scale == trained["config"]["mosaic_scale"] and cfg.fader is not None
     for key in ("threshold", "target_far", "masker", "training_data", "metrics", "library_versions",
                 "normalisation", "product", "train_config"):
         assert key in meta, key
@@ -123,3 +124,29 @@ def test_truncated_foreign_and_mismatched_checkpoints(trained, tmp_path):
         Detector.load(p, device="cpu")
     with pytest.raises(CheckpointError, match="not found"):
         Detector.load(tmp_path / "nope.pt", device="cpu")
+    # a family this build does not have
+    payload = torch.load(trained["checkpoint"], weights_only=True)
+    payload["family"] = "no-such-family"
+    p = tmp_path / "foreign-family.pt"
+    torch.save(payload, p)
+    with pytest.raises(CheckpointError, match="model family 'no-such-family'"):
+        Detector.load(p, device="cpu")
+
+
+def test_version_1_checkpoint_loads_as_ear_fader_and_predicts_identically(trained, toy_dataset, tmp_path):
+    """A file written before model families (format 1: no family field) is read as ear-fader."""
+    from detector.hashing import state_sha256
+
+    payload = torch.load(trained["checkpoint"], weights_only=True)
+    assert payload["format_version"] == 2 and payload["family"] == "ear-fader"
+    meta = json.loads(payload["meta"])
+    meta.pop("family")
+    v1 = {"format": "linewatch-detector", "format_version": 1, "config": payload["config"],
+          "meta": json.dumps(meta), "state": payload["state"], "state_sha256": state_sha256(payload["state"])}
+    p = tmp_path / "v1.pt"
+    torch.save(v1, p)
+    frames = _frames(toy_dataset)
+    old, new = Detector.load(p, device="cpu"), Detector.load(trained["checkpoint"], device="cpu")
+    assert old.family == "ear-fader" and old.threshold == new.threshold
+    a, b = old.predict(frames), new.predict(frames)
+    assert np.array_equal(a.scores, b.scores) and np.array_equal(a.verdicts, b.verdicts)

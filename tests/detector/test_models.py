@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from detector.models.fader import FADeR, GATE_EPS, patch_ranking_loss, patchify, ranking_loss
-from detector.models.mosaic import cell_topq_mask, mosaic, obfuscate
-from detector.models.msgms import msgms_loss, msgms_map, ssim_loss
-from detector.models.unet import UNet
+from detector.models.ear_fader.fader import FADeR, GATE_EPS, patch_ranking_loss, patchify, ranking_loss
+from detector.models.ear_fader.mosaic import cell_topq_mask, mosaic, obfuscate
+from detector.models.ear_fader.msgms import msgms_loss, msgms_map, ssim_loss
+from detector.models.ear_fader.unet import UNet
 
 
 def test_mosaic_leaves_unmasked_pixels_unchanged():
@@ -139,7 +139,7 @@ def test_patchify_matches_grid():
 
 
 def test_vit_attention_masker_random_small_vit():
-    from detector.models.maskers import MaskerConfig, build_masker
+    from detector.models.ear_fader.maskers import MaskerConfig, build_masker
 
     cfg = MaskerConfig(kind="vit", arch="vit_tiny_patch16_224", pretrained=False, input_size=64)
     m = build_masker(cfg)

@@ -18,17 +18,15 @@ from tests.storage.fixtures import sqlite_db  # noqa: F401 - fixture
 @pytest.fixture(scope="session")
 def pipeline_checkpoint(tmp_path_factory) -> Path:
     from detector.synthetic import make_toy_dataset
-    from detector.training import TrainConfig
-    from detector.workflow import train_from_folder
+    from detector.models.ear_fader import EarFaderTrainConfig
+    from detector.workflow import train_model
     from tests.detector.conftest import tiny_config
 
     root = tmp_path_factory.mktemp("pipeline-model")
     data = make_toy_dataset(root / "toy", n_train=16, n_good=4, n_bad=4, size=64, seed=0)
-    tc = TrainConfig(epochs_ear=2, epochs_fader=1, batch_size=8, m_candidates=(8,), q_candidates=(0.5,),
-                     device="cpu")
+    tc = EarFaderTrainConfig(epochs_ear=2, epochs_fader=1, batch_size=8, auto_m=False, auto_q=False)
     out = root / "toy.pt"
-    train_from_folder(data, out, tiny_config(), tc, variant="fader", auto_m=False, auto_q=False,
-                      product="toy", progress=False)
+    train_model(None, out, data=[data], configs=(tiny_config(), tc), product="toy", device="cpu", progress=False)
     return out
 
 
@@ -50,3 +48,4 @@ def frames_dir(tmp_path_factory) -> Path:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
         cv2.imwrite(str(out / f"frame_{i:03d}.png"), img)
     return out
+

@@ -68,6 +68,9 @@ class FakeDetector:
         self.version = Path(path).read_text()[:12]
         self.threshold = 1.0
 
+    def threshold_for(self, product: str | None) -> float:
+        return self.threshold
+
 
 def test_model_holder_swaps_only_when_activated_and_reuses_unchanged_files(tmp_path):
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"

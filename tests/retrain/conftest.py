@@ -13,18 +13,17 @@ from tests.storage.fixtures import postgres_url, sqlite_db, storage_backend, sto
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """The real EAR + FADeR detector, tiny (64 px, 8 channels), trained briefly on simulated good parts."""
-    from detector.training import TrainConfig
-    from detector.workflow import train_from_folder
+    from detector.models.ear_fader import EarFaderTrainConfig
+    from detector.workflow import train_model
     from ingest.simulator import write_normal_parts
     from tests.detector.conftest import tiny_config
 
     root = tmp_path_factory.mktemp("first-model")
     write_normal_parts(root / "data" / "train" / "good", 24, seed=1000, width=64, height=64)
-    tc = TrainConfig(epochs_ear=3, epochs_fader=1, batch_size=8, m_candidates=(8,), q_candidates=(0.5,),
-                     device="cpu")
+    tc = EarFaderTrainConfig(epochs_ear=3, epochs_fader=1, batch_size=8, auto_m=False, auto_q=False)
     out = root / "first.pt"
-    train_from_folder(root / "data", out, tiny_config(), tc, variant="fader", auto_m=False, auto_q=False,
-                      product="flange", progress=False)
+    train_model(None, out, data=[root / "data"], configs=(tiny_config(), tc), product="flange", device="cpu",
+                progress=False)
     return out
 
 

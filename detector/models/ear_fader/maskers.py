@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..hashing import file_sha256, state_sha256
+from ...hashing import file_sha256, state_sha256
+from ..backbones import create_backbone, freeze, input_normalisation
 
 
 @dataclass
@@ -45,16 +45,7 @@ class MaskerConfig:
 
 
 def _create(cfg: MaskerConfig, **extra: Any) -> nn.Module:
-    kwargs = dict(cfg.model_kwargs)
-    kwargs.update(extra)
-    if cfg.pretrained and cfg.weights:
-        if not Path(cfg.weights).is_file():
-            raise FileNotFoundError(f"masker weights file not found: {cfg.weights}")
-        return timm.create_model(
-            cfg.arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(cfg.weights)), **kwargs
-        )
-    # pretrained without a file: the real hub loading path (e.g. vit_small_patch8_224.dino)
-    return timm.create_model(cfg.arch, pretrained=cfg.pretrained, **kwargs)
+    return create_backbone(cfg.arch, cfg.weights, cfg.pretrained, **{**cfg.model_kwargs, **extra})
 
 
 class Masker(nn.Module):
@@ -63,14 +54,10 @@ class Masker(nn.Module):
     def __init__(self, cfg: MaskerConfig, net: nn.Module):
         super().__init__()
         self.cfg = cfg
-        self.net = net.eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        pc = getattr(net, "pretrained_cfg", None) or {}
-        mean = pc.get("mean", (0.485, 0.456, 0.406))
-        std = pc.get("std", (0.229, 0.224, 0.225))
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.net = freeze(net)
+        mean, std = input_normalisation(net)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     def train(self, mode: bool = True) -> "Masker":  # always frozen, always eval
         super().train(False)

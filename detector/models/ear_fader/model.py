@@ -1,4 +1,9 @@
-"""The whole detector network: masker -> mosaic obfuscation -> (FADeR gate) -> U-Net -> MSGMS map."""
+"""The EAR + FADeR network: masker -> mosaic obfuscation -> (FADeR gate) -> U-Net -> MSGMS map.
+
+``forward(images)`` is the family's export contract: uint8 RGB ``[B,3,S,S]`` in, image scores ``[B]``
+(maximum of the smoothed anomaly map) and the maps ``[B,1,S,S]`` out.  Training uses :meth:`run`,
+which exposes the intermediate tensors and accepts cached saliency and other (m, q).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..config import DetectorConfig
+from ...device import full_precision, to_unit
+from .config import EarFaderConfig
 from .fader import FADeR
 from .maskers import Masker, build_masker
 from .mosaic import cell_topq_mask, obfuscate
@@ -23,8 +29,8 @@ class Forward:
     gate: torch.Tensor | None  # mask applied to the skips [B,1,g,g]
 
 
-class AnomalyModel(nn.Module):
-    def __init__(self, cfg: DetectorConfig, masker: Masker | None = None):
+class EarFaderModel(nn.Module):
+    def __init__(self, cfg: EarFaderConfig, masker: Masker | None = None):
         super().__init__()
         self.cfg = cfg
         self.masker = masker if masker is not None else build_masker(cfg.masker)
@@ -35,6 +41,22 @@ class AnomalyModel(nn.Module):
             if cfg.fader is not None else None
         )
         self.use_fader = True  # runtime switch (e.g. to measure the head's inference overhead)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.cfg.image_size)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (or [0, 1] float) RGB ``[B,3,S,S]`` -> (scores float32 ``[B]``, maps float32 ``[B,1,S,S]``)."""
+        amap = self.maps(to_unit(images))
+        return amap.flatten(1).amax(dim=1), amap
+
+    def maps(self, x: torch.Tensor, saliency: torch.Tensor | None = None,
+             m: int | None = None, q: float | None = None) -> torch.Tensor:
+        """Smoothed anomaly maps ``[B,1,S,S]`` (float32) of images in [0, 1]; training scores other (m, q) here."""
+        out = self.run(x, saliency, m, q)
+        with full_precision(x):
+            return self.anomaly_map(x, out.recon.float())
 
     def binary_mask(self, x: torch.Tensor, saliency: torch.Tensor | None = None,
                     m: int | None = None, q: float | None = None) -> torch.Tensor:
@@ -57,11 +79,3 @@ class AnomalyModel(nn.Module):
 
     def anomaly_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         return msgms_map(x, recon, smooth=self.cfg.smoothing)
-
-    @torch.no_grad()
-    def score(self, x: torch.Tensor, saliency: torch.Tensor | None = None,
-              m: int | None = None, q: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (smoothed anomaly maps [B,1,S,S] float32, image scores [B] = max of the map)."""
-        out = self.run(x, saliency, m, q)
-        amap = self.anomaly_map(x, out.recon)
-        return amap, amap.flatten(1).amax(dim=1)
