@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="/tmp/linewatch-bench",
                    help="results.json, results.md and one checkpoint per category/model (default /tmp/linewatch-bench)")
     p.add_argument("--categories", default=None, help="comma-separated substrings to select categories")
-    p.add_argument("--models", default="ear,fader",
-                   help=f"comma-separated families or variants (default ear,fader; any of {', '.join(model_names())})")
+    p.add_argument("--models", default="ear,fader,crad",
+                   help=f"comma-separated families or variants (default ear,fader,crad; any of {', '.join(model_names())})")
     p.add_argument("--unified", default="auto",
                    help="families also trained as one model over all selected categories: 'auto' (every family in "
                         "--models that supports it), 'none', or comma-separated names")

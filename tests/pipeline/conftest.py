@@ -49,3 +49,17 @@ def frames_dir(tmp_path_factory) -> Path:
         cv2.imwrite(str(out / f"frame_{i:03d}.png"), img)
     return out
 
+
+@pytest.fixture(scope="session")
+def crad_unified_checkpoint(tmp_path_factory) -> Path:
+    """A tiny CRAD trained on two generated products at once ("toy" and a differently tinted "blue")."""
+    from detector.synthetic import make_toy_dataset
+    from detector.workflow import train_model
+
+    root = tmp_path_factory.mktemp("crad-model")
+    toy = make_toy_dataset(root / "toy", n_train=16, n_good=4, n_bad=4, size=64, seed=0)
+    blue = make_toy_dataset(root / "blue", n_train=16, n_good=4, n_bad=4, size=64, seed=3, tint=(0.55, 0.85, 1.0))
+    out = root / "crad.pt"
+    train_model(None, out, data=[toy, blue], model="crad", profile="cpu", device="cpu", progress=False,
+                overrides={"image_size": 64, "hidden": 16, "blocks": 1, "epochs": 6, "batch_size": 8})
+    return out
