@@ -1,28 +1,28 @@
-"""The Kafka side of a bridge: results in, verdicts handed to a sink, offsets committed after.
+"""The Kafka side of a bridge, on the shared service loop (:mod:`ingest.service_loop`).
 
-One loop, one screen:
+Per batch of ``<prefix>.results`` records, :meth:`ResultsBridge.handle`:
 
-1. poll up to ``batch size`` results from ``<prefix>.results`` (consumer group, auto-commit off);
-2. decode each; a message that is not a valid :class:`InspectionResult` goes to
-   ``<prefix>.deadletter`` with the reason (stage ``bridge-<kind>``) and the bridge keeps going;
-3. drop frames this process already delivered (replays after a rebalance): idempotent by
-   ``frame_id`` over the last ``_SEEN_MAX`` frames;
-4. ``sink.deliver(batch)`` returns once the sink acknowledged every verdict (MQTT PUBACK,
-   OPC UA value written).  A sink that is down is an infrastructure fault: the loop waits
-   and retries, nothing is committed meanwhile;
-5. commit the offsets.  A crash before this replays the batch: at-least-once.
+1. parses each record (:func:`storage.writer.parse_result`); a record that is not a valid
+   :class:`InspectionResult` becomes a dead letter (stage ``bridge-<kind>``) and the rest go on;
+2. drops frames this process already delivered (replays after a retry or a rebalance):
+   idempotent by ``frame_id`` over the last ``_SEEN_MAX`` frames;
+3. hands the verdicts to the sink, which returns the frame ids it got acknowledged within
+   ``LINEWATCH_BRIDGE_ACK_TIMEOUT_S`` (MQTT PUBACK, OPC UA value written);
+4. raises :class:`~ingest.service_loop.RetryLater` unless every verdict was acknowledged: the
+   service loop then commits nothing, reads the batch again after a backoff and keeps polling
+   (the consumer stays in its group however long the sink is away).
 
-SIGTERM / SIGINT finish (or abandon, uncommitted) the current batch and exit 0.
+The loop commits the offsets only after ``handle`` returned: at-least-once.  SIGTERM / SIGINT let the
+batch in hand finish (or give it up uncommitted after the acknowledgement timeout) and exit 0.
 
-Health (``--http-port``): ``/healthz`` is 200 while the loop turns (it polled or waited on the
-sink within 60 s), ``/readyz`` additionally needs the sink connected; ``/metrics`` is Prometheus.
+Health (``--http-port``): ``/healthz`` is 200 while the loop turns (it polled or finished a batch
+within 60 s, including while it waits out a sink outage), ``/readyz`` also needs the sink connected
+and no outage being waited out; ``/metrics`` is Prometheus.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -30,29 +30,16 @@ from datetime import datetime
 from http.server import ThreadingHTTPServer
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
-from detector.messages import InspectionResult
 from ingest.kafka_config import KafkaSettings
+from ingest.service_loop import BatchOutcome, DeadLetter, LoopConfig, RetryLater, ServiceLoop
 
+from ..writer import parse_result
 from .settings import BridgeSettings
 from .verdict import Verdict
 
 log = logging.getLogger("linewatch.bridge")
 
 _SEEN_MAX = 100_000  # frame ids remembered for de-duplication (about an hour of 30 cameras at 1 fps)
-
-
-class Sink(Protocol):
-    kind: str
-
-    def start(self) -> None: ...
-    def connected(self) -> bool: ...
-
-    def deliver(self, items: Sequence["Item"], stop: threading.Event) -> bool:
-        """Publish and wait for the acknowledgements; False if ``stop`` was set first."""
-
-    def close(self) -> None: ...
 
 
 class Item:
@@ -65,8 +52,21 @@ class Item:
         self.newest = newest
 
 
+class Sink(Protocol):
+    kind: str
+    target: str
+
+    def start(self) -> None: ...
+    def connected(self) -> bool: ...
+
+    def deliver(self, items: Sequence[Item], timeout_s: float) -> set[str]:
+        """Publish; return the frame ids acknowledged within ``timeout_s``."""
+
+    def close(self) -> None: ...
+
+
 class BridgeMetrics:
-    def __init__(self, kind: str) -> None:
+    def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         r = self.registry = CollectorRegistry()
@@ -75,7 +75,9 @@ class BridgeMetrics:
                                  ["sink", "verdict"], registry=r)
         self.duplicates = Counter(p + "duplicates", "replayed results skipped (frame already delivered)",
                                   registry=r)
-        self.dead = Counter(p + "dead_letters", "messages sent to the dead-letter topic", registry=r)
+        self.dead = Counter(p + "dead_letters", "messages sent to the dead-letter topic", ["code"], registry=r)
+        self.retries = Counter(p + "retries", "batches redone because the sink did not acknowledge them",
+                               registry=r)
         lat = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         self.deliver_seconds = Histogram(p + "deliver_seconds", "sink publish until acknowledged, per batch",
                                          buckets=lat, registry=r)
@@ -83,118 +85,81 @@ class BridgeMetrics:
                                         "camera capture time until the sink acknowledged the verdict",
                                         buckets=lat, registry=r)
         self.sink_connected = Gauge(p + "sink_connected", "1 while the sink is connected", registry=r)
-        self.last_poll = Gauge(p + "last_poll_timestamp", "unix time of the last poll", registry=r)
-        self.kind = kind
+        self.last_poll = Gauge(p + "last_poll_timestamp", "unix time the loop last turned", registry=r)
 
 
 class ResultsBridge:
     def __init__(self, kafka: KafkaSettings, settings: BridgeSettings, sink: Sink,
                  metrics: BridgeMetrics | None = None) -> None:
-        self.kafka = kafka
         self.settings = settings
         self.sink = sink
-        self.metrics = metrics or BridgeMetrics(sink.kind)
-        self.group_id = settings.group(sink.kind)
-        self.stage = f"bridge-{sink.kind}"
-        self._stop = threading.Event()
+        self.metrics = metrics or BridgeMetrics()
+        self.loop = ServiceLoop(kafka, LoopConfig(
+            stage=f"bridge-{sink.kind}", stream="results", group=settings.group(sink.kind),
+            max_records=settings.bridge_batch_size,
+            max_wait_s=0.0,  # a verdict goes out at once; batches are whatever arrived together
+            auto_offset_reset=settings.bridge_start,
+        ))
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._newest: dict[tuple[str, str], datetime] = {}
-        self._consumer: Any = None
-        self._producer: Any = None
-        self.last_beat = 0.0  # the loop polled, or waited on the sink, at this unix time
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self, *_: Any) -> None:
-        if not self._stop.is_set():
-            log.info("stop requested")
-        self._stop.set()
+        self.loop.stop()
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
-
-    def _connect(self) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
-
-        from ingest.topics import ensure_topics
-
-        ensure_topics(self.kafka, partitions=1, streams=("deadletter",))
-        common = self.kafka.client_kwargs()
-        self._producer = KafkaProducer(**common, acks="all", retries=10, linger_ms=5,
-                                       max_request_size=self.kafka.kafka_max_message_bytes + 1024 * 1024)
-        self._consumer = KafkaConsumer(
-            **common, group_id=self.group_id, enable_auto_commit=False,
-            auto_offset_reset=self.settings.bridge_start,
-            max_poll_records=self.settings.bridge_batch_size,
-            max_partition_fetch_bytes=self.kafka.kafka_max_message_bytes + 4 * 1024 * 1024,
-            fetch_max_bytes=max(64 * 1024 * 1024, self.kafka.kafka_max_message_bytes + 4 * 1024 * 1024),
-        )
-        self._consumer.subscribe([self.kafka.topic("results")])
+        self.loop.install_signal_handlers()
 
     def run(self) -> int:
         """Consume until :meth:`stop`; returns the process exit code."""
         self.sink.start()
-        self._connect()
-        log.info("bridge %s: %s (group %s) -> %s", self.sink.kind, self.kafka.topic("results"), self.group_id,
-                 getattr(self.sink, "target", self.sink.kind))
+        log.info("bridge %s: %s (group %s) -> %s", self.sink.kind, self.loop.topic, self.loop.config.group,
+                 self.sink.target)
+        self.loop.on_retry = lambda _exc: self.metrics.retries.inc()
         try:
-            while not self._stop.is_set():
-                records = self._consumer.poll(timeout_ms=500, max_records=self.settings.bridge_batch_size)
-                self._beat()
-                self.metrics.last_poll.set(self.last_beat)
-                msgs = [m for batch in records.values() for m in batch]
-                if not msgs:
-                    continue
-                items, dead, offsets = self._decode(msgs)
-                if items and not self._deliver(items):
-                    break  # stopped while the sink was down: nothing committed, the batch replays
-                if dead and not self._send_dead_letters(dead):
-                    break
-                self._commit(offsets)
-                for item in items:
-                    self._remember(item.verdict.frame_id)
+            return self.loop.run(self.handle, between_batches=self._between_batches, on_batch=self._on_batch)
         finally:
-            self._close()
-        log.info("bridge stopped")
-        return 0
+            try:
+                self.sink.close()
+            except Exception:  # noqa: BLE001 - closing on the way out
+                log.exception("error while closing the %s sink", self.sink.kind)
+            log.info("bridge stopped")
 
-    def _beat(self) -> None:
-        self.last_beat = time.time()
+    def _between_batches(self) -> None:
+        self.metrics.last_poll.set(time.time())
         self.metrics.sink_connected.set(1 if self.sink.connected() else 0)
 
-    def _close(self) -> None:
-        for name, close in (("consumer", lambda: self._consumer.close(autocommit=False)),
-                            ("producer", lambda: self._producer.close(timeout=10)), ("sink", self.sink.close)):
-            try:
-                if name == "sink" or getattr(self, f"_{name}") is not None:
-                    close()
-            except Exception:  # noqa: BLE001 - closing on the way out
-                log.exception("error while closing the %s", name)
-
     # ------------------------------------------------------------------ one batch
-    def _decode(self, msgs: list[Any]) -> tuple[list[Item], list[tuple[Any, str]], dict[Any, int]]:
-        from kafka.structs import TopicPartition
+    def handle(self, records: list[Any]) -> list[DeadLetter]:
+        items, dead = self._parse(records)
+        if not items:
+            return dead
+        t0 = time.monotonic()
+        acked = self.sink.deliver(items, self.settings.bridge_ack_timeout_s)
+        now = time.time()
+        for item in items:
+            v = item.verdict
+            if v.frame_id in acked:
+                self._remember(v.frame_id)
+                self.metrics.delivered.labels(sink=self.sink.kind, verdict=v.verdict).inc()
+                self.metrics.capture_to_ack.observe(max(0.0, now - v.captured_at.timestamp()))
+        missing = len(items) - sum(1 for i in items if i.verdict.frame_id in acked)
+        if missing:
+            raise RetryLater(f"{self.sink.kind} sink ({self.sink.target}) acknowledged {len(items) - missing} of "
+                             f"{len(items)} verdicts within {self.settings.bridge_ack_timeout_s:g}s")
+        self.metrics.deliver_seconds.observe(time.monotonic() - t0)
+        return dead
 
+    def _parse(self, records: list[Any]) -> tuple[list[Item], list[DeadLetter]]:
         items: list[Item] = []
-        dead: list[tuple[Any, str]] = []
-        offsets: dict[Any, int] = {}
+        dead: list[DeadLetter] = []
         batch_ids: set[str] = set()
-        for msg in msgs:
-            tp = TopicPartition(msg.topic, msg.partition)
-            offsets[tp] = max(offsets.get(tp, 0), msg.offset + 1)
-            try:
-                verdict = Verdict.of(InspectionResult.from_bytes(msg.value or b""))
-            except ValidationError as exc:
-                reason = "schema: " + "; ".join(
-                    f"{'.'.join(map(str, e.get('loc', ()))) or 'message'}: {e.get('msg')}" for e in exc.errors()[:5])
-            except Exception as exc:  # noqa: BLE001 - anything unparsable is a dead letter
-                reason = f"undecodable: {type(exc).__name__}: {exc}"
-            else:
-                reason = None
-            if reason is not None:
-                log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
-                dead.append((msg, reason))
+        for msg in records:
+            parsed = parse_result(msg)
+            if isinstance(parsed, DeadLetter):
+                dead.append(parsed)
                 continue
+            verdict = Verdict.of(parsed)
             if verdict.frame_id in self._seen or verdict.frame_id in batch_ids:
                 self.metrics.duplicates.inc()
                 continue
@@ -204,86 +169,32 @@ class ResultsBridge:
             if is_newest:
                 self._newest[verdict.camera_key] = verdict.captured_at
             items.append(Item(verdict, is_newest))
-        return items, dead, offsets
-
-    def _deliver(self, items: list[Item]) -> bool:
-        """Hand the batch to the sink until it is acknowledged; retries a failing sink with backoff."""
-        t0 = time.monotonic()
-        delay = 0.5
-        while not self._stop.is_set():
-            self._beat()
-            try:
-                if not self.sink.deliver(items, self._stop):
-                    return False
-                break
-            except ConnectionError as exc:
-                log.error("%s sink unavailable (%s); retrying in %.1fs", self.sink.kind, exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
-        else:
-            return False
-        acked = time.time()
-        self.metrics.deliver_seconds.observe(time.monotonic() - t0)
-        for item in items:
-            v = item.verdict
-            self.metrics.delivered.labels(sink=self.sink.kind, verdict=v.verdict).inc()
-            self.metrics.capture_to_ack.observe(max(0.0, acked - v.captured_at.timestamp()))
-        return True
+        return items, dead
 
     def _remember(self, frame_id: str) -> None:
         self._seen[frame_id] = None
         while len(self._seen) > _SEEN_MAX:
             self._seen.popitem(last=False)
 
-    def _send_dead_letters(self, dead: list[tuple[Any, str]]) -> bool:
-        delay = 0.5
-        while not self._stop.is_set():
-            try:
-                send_dead_letters(self._producer, self.kafka.topic("deadletter"), self.stage, dead)
-                self.metrics.dead.inc(len(dead))
-                return True
-            except Exception as exc:  # noqa: BLE001 - KafkaError, timeouts: the broker is unwell
-                log.error("sending dead letters failed (%s); retrying in %.1fs", exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
-        return False
-
-    def _commit(self, offsets: dict[Any, int]) -> None:
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata
-
-        try:
-            self._consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
-        except KafkaError as exc:  # a rebalance moved the partitions: the new owner replays (harmless)
-            log.warning("offset commit failed (%s); the batch will be replayed", exc)
+    def _on_batch(self, out: BatchOutcome) -> None:
+        for dl in out.dead:
+            self.metrics.dead.labels(dl.code).inc()
 
     # ------------------------------------------------------------------ health
     def health(self) -> tuple[bool, dict]:
-        age = time.time() - self.last_beat if self.last_beat else None
+        age = self.loop.loop_age() if self.loop.started else None
         ok = age is not None and age < 60
-        return ok, {"status": "ok" if ok else "starting" if age is None else "stalled",
-                    "last_beat_age_s": age, "sink": self.sink.kind, "sink_connected": self.sink.connected()}
+        info = {"status": "ok" if ok else "starting" if age is None else "stalled", "last_poll_age_s": age,
+                "sink": self.sink.kind, "sink_connected": self.sink.connected()}
+        if self.loop.retrying:
+            info["waiting_for"] = self.loop.retrying
+        return ok, info
 
     def ready(self) -> tuple[bool, dict]:
         ok, info = self.health()
-        return ok and info["sink_connected"], info
-
-
-def send_dead_letters(producer: Any, topic: str, stage: str, dead: list[tuple[Any, str]]) -> None:
-    """Copy each record to the dead-letter topic with the reason; raises unless the broker acknowledged all."""
-    futures = []
-    for msg, reason in dead:
-        headers = list(msg.headers or []) + [
-            ("lw-dlq-reason", reason[:2000].encode("utf-8", "replace")),
-            ("lw-dlq-stage", stage.encode()),
-            ("lw-dlq-topic", msg.topic.encode()),
-            ("lw-dlq-partition", str(msg.partition).encode()),
-            ("lw-dlq-offset", str(msg.offset).encode()),
-        ]
-        futures.append(producer.send(topic, key=msg.key, value=msg.value or b"", headers=headers))
-    producer.flush(timeout=60)
-    for f in futures:
-        f.get(timeout=60)
+        if ok and (self.loop.retrying or not info["sink_connected"]):
+            ok, info["status"] = False, "waiting"  # alive, but verdicts do not get out until the sink is back
+        return ok, info
 
 
 def serve_http(bridge: ResultsBridge, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:

@@ -2,8 +2,9 @@
 
 paho-mqtt's network thread keeps the connection (reconnecting with backoff); a batch is
 acknowledged when the broker's PUBACK for every verdict came back.  While the broker is
-away, :meth:`MqttSink.deliver` waits (the loop commits nothing); QoS 1 messages in flight
-when the connection dropped are re-sent by paho after it reconnects.
+away, :meth:`MqttSink.deliver` returns what was acknowledged and the loop redoes the batch
+later (nothing committed); QoS 1 messages in flight when the connection dropped are re-sent
+by paho after it reconnects, and a redone batch waits for them instead of publishing again.
 """
 
 from __future__ import annotations
@@ -43,10 +44,14 @@ class MqttSink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._connected = threading.Event()
-        # message ids whose PUBACK arrived (a message published while the connection was down is
-        # queued by paho and sent after the reconnect: its acknowledgement still lands here)
-        self._acked: set[int] = set()
-        self._acked_lock = threading.Lock()
+        # message id -> frame id until the PUBACK arrives; then the frame id moves to _acked until a
+        # deliver() collects it.  paho keeps unacknowledged QoS 1 messages and sends them again after
+        # a reconnect, so a verdict still in flight is waited for, never published a second time.
+        self._in_flight: dict[int, str] = {}
+        self._acked_mids: set[int] = set()
+        self._acked: set[str] = set()
+        self._lock = threading.Lock()
+        self._ack_arrived = threading.Event()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -61,8 +66,11 @@ class MqttSink:
         self._connected.clear()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self._acked_lock:
-            self._acked.add(mid)
+        # paho calls this holding its own message lock, which publish() takes too: only note the id here
+        # (it may even arrive before deliver() registered the message)
+        with self._lock:
+            self._acked_mids.add(mid)
+        self._ack_arrived.set()
 
     def start(self) -> None:
         # connect_async: a broker that is not up yet is retried by the network thread, not fatal
@@ -73,29 +81,43 @@ class MqttSink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def deliver(self, items: Sequence[Item], stop: threading.Event) -> bool:
+    def deliver(self, items: Sequence[Item], timeout_s: float) -> set[str]:
         root = self.settings.mqtt_topic_root
-        with self._acked_lock:
-            self._acked.clear()  # message ids wrap at 65535: no stale acknowledgement may match
-        pending = []
+        deadline = time.monotonic() + timeout_s
+        wanted = {item.verdict.frame_id for item in items}
+        if not self._connected.wait(timeout_s):
+            return self._collect(wanted)
+        with self._lock:
+            in_flight = set(self._in_flight.values()) | self._acked
         for item in items:
-            while not self._connected.wait(0.2):
-                if stop.is_set():
-                    return False
             v = item.verdict
-            pending.append(self._client.publish(mqtt_topic(root, v.line, v.camera_id), v.to_bytes(), qos=1,
-                                                retain=item.newest))
-        waiting = {info.mid for info in pending}
-        while waiting:
-            with self._acked_lock:
-                done = waiting & self._acked
-                self._acked -= done
-            waiting -= done
-            if waiting:
-                if stop.is_set():
-                    return False
-                time.sleep(0.002)
-        return True
+            if v.frame_id in in_flight:
+                continue
+            info = self._client.publish(mqtt_topic(root, v.line, v.camera_id), v.to_bytes(), qos=1,
+                                        retain=item.newest)
+            with self._lock:
+                self._in_flight[info.mid] = v.frame_id
+        while time.monotonic() < deadline:
+            self._ack_arrived.clear()
+            with self._lock:
+                self._settle()
+                if wanted <= self._acked:
+                    break
+            self._ack_arrived.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+        return self._collect(wanted)
+
+    def _settle(self) -> None:
+        """Acknowledged message ids -> acknowledged frame ids (call with the lock held)."""
+        for mid in self._acked_mids & self._in_flight.keys():
+            self._acked.add(self._in_flight.pop(mid))
+            self._acked_mids.discard(mid)
+
+    def _collect(self, wanted: set[str]) -> set[str]:
+        with self._lock:
+            self._settle()
+            done = wanted & self._acked
+            self._acked -= done
+        return done
 
     def close(self) -> None:
         self._client.disconnect()

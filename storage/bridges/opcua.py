@@ -136,15 +136,16 @@ class OpcUaSink:
             self._counts[v.camera_key] = count
             await nodes["Count"].write_value(ua.Variant(count, ua.VariantType.UInt64))
 
-    def deliver(self, items: Sequence[Item], stop: threading.Event) -> bool:
+    def deliver(self, items: Sequence[Item], timeout_s: float) -> set[str]:
         # the nodes hold the newest verdict; an older one replayed after a restart is not written back
         newest = [item.verdict for item in items if item.newest]
         if newest:
             try:
-                self._call(self._write(newest))
+                self._call(self._write(newest), timeout=timeout_s)
             except (OSError, TimeoutError) as exc:
-                raise ConnectionError(f"OPC UA server: {exc}") from exc
-        return True
+                log.error("writing %d verdicts into the address space failed: %s", len(newest), exc)
+                return set()
+        return {item.verdict.frame_id for item in items}
 
     def close(self) -> None:
         if self._running:

@@ -8,6 +8,9 @@ variable                               default                               mea
                                                                              (only verdicts from now on) or
                                                                              ``earliest``
 ``LINEWATCH_BRIDGE_BATCH_SIZE``        ``100``                               results per poll / commit
+``LINEWATCH_BRIDGE_ACK_TIMEOUT_S``     ``5``                                 a batch not acknowledged by then is
+                                                                             redone after a backoff (nothing is
+                                                                             committed)
 ``LINEWATCH_MQTT_HOST``                ``localhost``                         MQTT broker
 ``LINEWATCH_MQTT_PORT``                ``1883``                              (8883 is usual with TLS)
 ``LINEWATCH_MQTT_USERNAME`` / ``..._PASSWORD``                               broker login (optional)
@@ -34,6 +37,7 @@ class BridgeSettings(BaseSettings):
     bridge_group: str | None = None
     bridge_start: Literal["latest", "earliest"] = "latest"
     bridge_batch_size: int = Field(100, ge=1, le=10000)
+    bridge_ack_timeout_s: float = Field(5.0, gt=0)
 
     mqtt_host: str = "localhost"
     mqtt_port: int = Field(1883, gt=0, lt=65536)
