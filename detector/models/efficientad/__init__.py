@@ -83,8 +83,10 @@ class EfficientAD(ModelFamily):
         return f"efficientad-{cfg.size}{'-dfsc' if cfg.dfsc else ''}"
 
     def fit(self, cfg: EfficientADConfig, tc: EfficientADTrainConfig, data: TrainingSet, device: torch.device, *,
-            progress: bool = True, init: nn.Module | None = None,
+            seed: int | None = None, progress: bool = True, init: nn.Module | None = None,
             workspace: dict[str, Any] | None = None) -> FitResult:
+        if seed is not None:
+            tc = dataclasses.replace(tc, seed=seed)
         model = warm_copy(init) if init is not None else self.build(cfg)
         workspace = workspace if workspace is not None else {}
         if tc.penalty and "efficientad_generic" not in workspace:
