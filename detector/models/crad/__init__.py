@@ -33,9 +33,9 @@ class Crad(ModelFamily):
     train_config_cls = CradTrainConfig
     unified = True
     profiles = {
-        "cpu": Profile("256 px, EfficientNet-Lite0 features, 2 fusion blocks of width 128, 10000 image passes: "
+        "cpu": Profile("256 px, EfficientNet-Lite0 features, 2 fusion blocks of width 64, 6000 image passes: "
                        "about 10 min per category on 2 CPU cores",
-                       config={"image_size": 256, "hidden": 128, "blocks": 2}, train={"passes": 10000}),
+                       config={"image_size": 256, "hidden": 64, "blocks": 2}, train={"passes": 6000}),
         "gpu": Profile("256 px, 7 fusion blocks of width 256, 50 epochs (the paper's length)",
                        config={"image_size": 256, "hidden": 256, "blocks": 7}, train={"epochs": 50}),
     }
@@ -62,7 +62,7 @@ class Crad(ModelFamily):
                                           "and 16 are fused")
         g.add_argument("--backbone-weights", help="local ImageNet weights file of the backbone (default for "
                                                   "tf_efficientnet_lite0: the Lite0 weights, see README)")
-        g.add_argument("--hidden", type=int, help="width of the fusion blocks (cpu 128, gpu 256)")
+        g.add_argument("--hidden", type=int, help="width of the fusion blocks (cpu 64, gpu 256)")
         g.add_argument("--blocks", type=int, help="residual fusion blocks (cpu 2, gpu 7)")
         g.add_argument("--epochs", type=int, help="training epochs (replaces the profile's image passes)")
         g.add_argument("--batch-size", type=int, help="training batch size (default 16)")
