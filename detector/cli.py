@@ -143,6 +143,9 @@ def run_train(args: argparse.Namespace) -> int:
     thr = ", ".join(f"{p} {t:.5f}" for p, t in summary["thresholds"].items())
     print(f"wrote {summary['checkpoint']} (version {summary['version']}, {summary['family']}/{summary['variant']}, "
           f"{summary['image_size']} px):{choice} threshold {thr}; training {summary['timings_min']['total']:.1f} min")
+    for product, cal in summary["calibration"].items():
+        if cal["warning"]:
+            print(f"WARNING ({product}): {cal['warning']}", file=sys.stderr)
     metrics = summary.get("metrics") or {}
     for name, m in (metrics.items() if summary["products"][1:] else [("test", metrics)] if metrics else []):
         print(f"{name}: " + _fmt_metrics(m))
@@ -236,6 +239,8 @@ def _add_calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, help="folder of NORMAL images only (no defects needed)")
     p.add_argument("--target-far", type=float, default=0.01, help="target false-alarm rate (default 0.01)")
     p.add_argument("--out", default=None, help="write the recalibrated checkpoint here (default: in place)")
+    p.add_argument("--product", default=None,
+                   help="for a model that serves several products: whose threshold these images calibrate")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", default=None, metavar="PATH")
 
@@ -244,7 +249,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from .calibration import promise
     from .workflow import calibrate_checkpoint
 
-    res = calibrate_checkpoint(args.checkpoint, args.images, args.target_far, args.out, args.device)
+    res = calibrate_checkpoint(args.checkpoint, args.images, args.target_far, args.out, args.device,
+                               product=args.product)
     for s in res["skipped_images"]:
         print(f"skipped corrupt image: {s}", file=sys.stderr)
     cal = promise(res["threshold"], res["n_images"], res["target_far"])

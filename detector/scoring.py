@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from .data import DatasetError, LoadedImages, MVTecFolder, load_images, to_tensor
 from .device import autocast
-from .metrics import calibrate_threshold, summarise
+from .calibration import Calibration, calibrate
+from .metrics import summarise
 
 
 @torch.no_grad()
@@ -62,7 +63,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, loaded: LoadedImages, progr
     return EvalResult(metrics, scores, labels, maps, loaded.masks, loaded.skipped)
 
 
-def calibrate(model: nn.Module, normals: torch.Tensor, target_far: float) -> tuple[float, np.ndarray]:
-    """Threshold for ``target_far`` from normal images only -> (threshold, their scores)."""
+def calibrate_model(model: nn.Module, normals: torch.Tensor, target_far: float) -> tuple[Calibration, np.ndarray]:
+    """Threshold for ``target_far`` from normal images only -> (calibration and its promise, their scores)."""
     _, scores = score_images(model, normals)
-    return calibrate_threshold(scores, target_far), scores
+    return calibrate(scores, target_far), scores

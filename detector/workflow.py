@@ -20,10 +20,10 @@ import torch
 from .checkpoint import load_model, read_checkpoint, save_checkpoint
 from .data import DatasetError, MVTecFolder, holdout_split, load_images, to_tensor
 from .device import resolve_device
-from .metrics import calibrate_threshold
+from .calibration import calibrate
 from .models import DEFAULT_MODEL, resolve_model
 from .models.registry import ModelFamily, TrainingSet, family_of
-from .scoring import calibrate, evaluate, load_test, score_images
+from .scoring import calibrate_model, evaluate, load_test, score_images
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,10 @@ def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | N
     timings["total"] = sum(fit.minutes.values())
 
     products = tset.products
-    _, val_scores = calibrate(net, tset.val, holdout.target_far)
+    _, val_scores = score_images(net, tset.val)
     val_p = np.array(tset.val_products)
-    thresholds = {p: calibrate_threshold(val_scores[val_p == p], holdout.target_far) for p in products}
+    cals = {p: calibrate(val_scores[val_p == p], holdout.target_far) for p in products}
+    thresholds = {p: c.threshold for p, c in cals.items()}
     meta: dict[str, Any] = {
         **fit.meta,
         "variant": variant,
@@ -159,7 +160,8 @@ def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | N
         "threshold": float(max(thresholds.values())),
         "target_far": holdout.target_far,
         "calibration": {"n_normal": int(len(val_scores)), "source": "held-out train/good",
-                        "max_normal_score": float(val_scores.max())},
+                        "max_normal_score": float(val_scores.max()),
+                        "per_product": {p: c.model_dump() for p, c in cals.items()}},
         "training_data": {"root": ", ".join(str(ds.root) for ds in folders) or "memory",
                           "fingerprint_sha256": tset.fingerprint, "n_train": int(len(tset.train)),
                           "n_val": int(len(tset.val)), "skipped": tset.skipped},
@@ -174,6 +176,7 @@ def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | N
         meta["warm_start"] = {"checkpoint": str(init_checkpoint)}
     summary: dict[str, Any] = {"family": fam.name, "variant": variant, "product": meta["product"],
                                "products": products, "threshold": meta["threshold"], "thresholds": thresholds,
+                               "calibration": {p: {**c.model_dump(), "warning": c.warning} for p, c in cals.items()},
                                "image_size": size, "timings_min": timings, "skipped_images": list(skipped),
                                "config": net.cfg.to_dict()}
     tested = [ds for ds in folders if ds.test]
@@ -283,7 +286,8 @@ def calibrate_checkpoint(ckpt: str | Path, images_dir: str | Path, target_far: f
                          desc="calibration images")
     if len(loaded.images) == 0:
         raise DatasetError(f"calibration folder {folder}: no readable images")
-    thr, scores = calibrate(model, to_tensor(loaded.images, dev), target_far)
+    cal, scores = calibrate_model(model, to_tensor(loaded.images, dev), target_far)
+    thr = cal.threshold
     meta = dict(meta)
     if meta.get("thresholds"):
         if product not in meta["thresholds"]:
