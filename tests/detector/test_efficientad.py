@@ -135,14 +135,42 @@ def test_tiny_train_separates_painted_and_logical_defects(sim, trained):
     assert res.meta["efficientad"]["steps"] == 100
 
 
-def test_trained_module_reloads_from_its_state(trained, sim):
-    """What a checkpoint does: a module built for loading (random teacher) takes the state and scores alike."""
-    fam, res, _ = trained
+def test_checkpoint_round_trip_through_the_family_layer(trained, sim, tmp_path):
+    """The checkpoint carries the trained teacher: loading builds the module without any teacher file."""
+    from detector.checkpoint import load_model, save_checkpoint
+
+    _, res, _ = trained
     model = res.model.eval()
-    fresh = fam.build(fam.for_loading(model.cfg)).eval()
-    fresh.load_state_dict(model.state_dict())
+    path = tmp_path / "ead.pt"
+    save_checkpoint(path, model, res.meta)
+    loaded, meta, _ = load_model(path)
+    assert meta["family"] == "efficientad" and loaded.cfg == dataclasses.replace(model.cfg, pretrained=False)
     x = _images(sim, 500, 3)
     with torch.no_grad():
-        a, b = model(x), fresh(x)
-    assert torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1])
-    assert dataclasses.asdict(fresh.cfg) | {"pretrained": True} == dataclasses.asdict(model.cfg) | {"pretrained": True}
+        a, b = model(x), loaded(x)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_distill_teacher_then_train_and_eval_from_the_command_line(tmp_path, monkeypatch, toy_dataset, capsys):
+    """distill-teacher writes the per-machine teacher that train --model efficientad-s then uses."""
+    from detector.cli import main
+    from detector.paths import default_masker_weights
+
+    if default_masker_weights() is None:
+        pytest.skip("EfficientNet-Lite0 weights not available")
+    monkeypatch.setenv("LINEWATCH_CACHE", str(tmp_path / "cache"))
+    assert main(["distill-teacher", "--size", "s", "--width", "0.125", "--max-steps", "2", "--batch-size", "2",
+                 "--crop", "64", "--device", "cpu"]) == 0
+    assert (tmp_path / "cache/teachers/efficientad-pdn-s-w0.125-c152.pt").is_file()
+    assert "already distilled" not in capsys.readouterr().out
+    ckpt = tmp_path / "m.pt"
+    assert main(["train", "--model", "efficientad-s-dfsc", "--data", str(toy_dataset), "--out", str(ckpt),
+                 "--profile", "cpu", "--image-size", "64", "--net-size", "64", "--pdn-width", "0.125",
+                 "--steps", "3", "--device", "cpu"]) == 0
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(toy_dataset), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "image_auroc=" in out
+    monkeypatch.setenv("LINEWATCH_CACHE", str(tmp_path / "empty"))
+    assert main(["train", "--model", "efficientad-s", "--data", str(toy_dataset), "--out", str(tmp_path / "x.pt"),
+                 "--profile", "cpu", "--steps", "1", "--device", "cpu"]) == 2
+    assert "distill-teacher" in capsys.readouterr().err

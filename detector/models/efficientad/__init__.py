@@ -60,6 +60,7 @@ class EfficientAD(ModelFamily):
         return dataclasses.replace(cfg, pretrained=False)  # the teacher comes from the checkpoint
 
     def add_arguments(self, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--image-size", type=int, default=None, help="EfficientAD: side of the input and the map (256)")
         group.add_argument("--steps", type=int, default=None, help="EfficientAD: training steps (cpu 2000, gpu 70000)")
         group.add_argument("--net-size", type=int, default=None,
                            help="EfficientAD: side the networks see, multiple of 32 (cpu 128, gpu 256)")
@@ -75,7 +76,7 @@ class EfficientAD(ModelFamily):
                            help="EfficientAD: margin kept between teacher and autoencoder on novel features (1.0)")
 
     def overrides_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
-        names = {"steps": "steps", "net_size": "net_size", "pdn_width": "width", "teacher_weights": "teacher_weights",
+        names = {"image_size": "image_size", "steps": "steps", "net_size": "net_size", "pdn_width": "width", "teacher_weights": "teacher_weights",
                  "dfsc": "dfsc", "dfsc_quantile": "dfsc_quantile", "dfsc_margin": "dfsc_margin"}
         return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
 
@@ -83,15 +84,13 @@ class EfficientAD(ModelFamily):
         return f"efficientad-{cfg.size}{'-dfsc' if cfg.dfsc else ''}"
 
     def fit(self, cfg: EfficientADConfig, tc: EfficientADTrainConfig, data: TrainingSet, device: torch.device, *,
-            seed: int | None = None, progress: bool = True, init: nn.Module | None = None,
+            seed: int = 0, progress: bool = True, init: nn.Module | None = None,
             workspace: dict[str, Any] | None = None) -> FitResult:
-        if seed is not None:
-            tc = dataclasses.replace(tc, seed=seed)
         model = warm_copy(init) if init is not None else self.build(cfg)
         workspace = workspace if workspace is not None else {}
         if tc.penalty and "efficientad_generic" not in workspace:
             workspace["efficientad_generic"] = GenericImages.load(generic_image_files())
-        facts = train(model, tc, data, device, generic=workspace.get("efficientad_generic"), progress=progress,
+        facts = train(model, tc, data, device, generic=workspace.get("efficientad_generic"), seed=seed, progress=progress,
                       warm=init is not None)
         teacher = getattr(model, "teacher_info", None) or (getattr(init, "teacher_info", None) if init else None)
         meta = {"efficientad": facts, "train_config": tc.to_dict()}

@@ -66,9 +66,6 @@ class EfficientADTrainConfig:
     hard_quantile: float = 0.999  # hard feature loss: only differences above this quantile count
     penalty: bool = True  # keep the student's output small on generic (non-product) images
     map_quantiles: tuple[float, float] = (0.9, 0.995)  # held-out quantiles mapped to 0 and 0.1
-    target_far: float = 0.01
-    seed: int = 0
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0 < self.hard_quantile < 1:

@@ -219,7 +219,7 @@ def load_teacher(path: str | Path, size: str, width: float) -> DistillResult:
     """A distilled teacher file, checked against the PDN it is meant for."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ValueError(  # a setup step the user has to take, reported as one line
             f"no distilled EfficientAD teacher at {path}: run 'linewatch-detector distill-teacher --size {size} "
             f"--width {width:g}' once on this machine")
     obj = torch.load(path, map_location="cpu", weights_only=True)

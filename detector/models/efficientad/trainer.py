@@ -59,12 +59,12 @@ def augment(x01: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def train(model: EfficientAD, tc: EfficientADTrainConfig, data: TrainingSet, device: torch.device, *,
-          generic: GenericImages | None, progress: bool = True, warm: bool = False) -> dict[str, Any]:
+          generic: GenericImages | None, seed: int = 0, progress: bool = True, warm: bool = False) -> dict[str, Any]:
     """Train ``model`` in place; returns the facts worth keeping (losses, timings)."""
     cfg = model.cfg
     c = cfg.out_channels
-    torch.manual_seed(tc.seed)
-    rng = np.random.default_rng(tc.seed)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     model.to(device)
     t0 = time.monotonic()
     if not warm:
