@@ -27,7 +27,7 @@ Tables
     Dashboard accounts: argon2 hash, role, active flag, failed-login counters for rate
     limiting (see :mod:`storage.users`).
 ``model_versions``
-    The model registry (issue 5): per product, artifact path + sha256, parent, training
+    The model registry: per product, artifact path + sha256, parent, training
     window + data fingerprint, metrics, threshold, status, who promoted it and when.  At
     most one ``active`` version per product (partial unique index).
 

@@ -1,4 +1,4 @@
-"""Model registry (issue 5): versions per product, one active at a time.
+"""Model registry: versions per product, one active at a time.
 
 Life of a version: :func:`register_candidate` (status ``candidate``) -> :func:`promote`
 (``active``; the previous active one becomes ``retired``) or :func:`reject` (``rejected``, with

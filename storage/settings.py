@@ -9,7 +9,7 @@ variable                            default                                     
 ``LINEWATCH_SQLITE_BUSY_TIMEOUT_MS`` ``30000``                                   how long SQLite waits for a lock
 ``LINEWATCH_BLOB_STORE``            ``local``                                    ``local`` or ``database``
 ``LINEWATCH_BLOB_DIR``              ``<data_dir>/blobs``                         root of the local blob store
-``LINEWATCH_MODEL_STORE_DIR``       ``<data_dir>/models``                        model artifacts (issue 5)
+``LINEWATCH_MODEL_STORE_DIR``       ``<data_dir>/models``                        model artifacts
 ``LINEWATCH_RETENTION_DAYS``        ``30``                                       normal inspections older than this
                                                                                  are purged (flagged ones never)
 ``LINEWATCH_RETENTION_KEEP_SAMPLED`` ``1.0``                                     fraction of *sampled* normal frames

@@ -17,7 +17,7 @@ camera, then its product, then ``default`` (``--model`` / ``LINEWATCH_DETECTOR_M
 the file's ``default``).  A frame no route matches goes to the dead-letter topic (``no-model``).
 The threshold of a result is the camera's override, else the product's, else the checkpoint's.
 
-Hot reload (issue 5): a :class:`ModelSet` is an immutable snapshot (routing + loaded detectors).
+Hot reload: a :class:`ModelSet` is an immutable snapshot (routing + loaded detectors).
 The service takes ``holder.current`` once per batch, so a whole batch is scored by one snapshot
 and every result carries the version (``Detector.version``) that scored it.  A new snapshot is
 built off the hot path (:meth:`ModelHolder.build`, reusing detectors whose file did not change)

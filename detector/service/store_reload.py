@@ -1,4 +1,4 @@
-"""Hot reload from the model store (issue 5): newly active versions and dashboard thresholds.
+"""Hot reload from the model store: newly active versions and dashboard thresholds.
 
 The registry (storage) publishes, after each commit, ``<store>/<product>/active.json`` and
 ``<store>/thresholds.json`` (:mod:`detector.model_store`).  The service's routing is the

@@ -46,8 +46,7 @@ def patch_ranking_loss(pred: torch.Tensor, target: torch.Tensor, margin: float, 
 
     Every ordered pair (i, j) when N * N <= ``max_pairs``, otherwise ``max_pairs`` random pairs.
     Every pair costs nothing measurable next to the U-Net, and it takes the pair sampling out of the
-    seed's hands: on magnetic_tile (6 x 6 grid, 1296 pairs) at 6000 stage-2 passes it lifted all three
-    seeds against 256 sampled pairs (0.734-0.759 -> 0.745-0.764 image AUROC; see BENCHMARK.md).
+    seed's hands (measured in BENCHMARK.md).
     """
     b, n = pred.shape
     if n * n <= max_pairs:
