@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="source specs:\n"
                "  sim | sim:seed=1,defect_rate=0.1,width=256,height=256,count=N   synthetic line\n"
+               "        (,fault=dirty-lens|dim|shift,fault_after=N: a camera fault, as --fault)\n"
                "  folder:PATH | PATH (a directory)       image-folder replay (sorted by name)\n"
                "  device:N | N                            camera device index\n"
                "  rtsp://... | http://...                 network stream (OpenCV's FFmpeg backend)\n"
@@ -114,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "at --fps), or a hardware line such as Line0")
     run.add_argument("--rtsp-transport", choices=["tcp", "udp"],
                      help="rtsp:// streams: RTP over the RTSP connection (tcp, default) or over UDP")
+    run.add_argument("--fault", choices=["dirty-lens", "dim", "shift"],
+                     help="simulator only: a camera fault (dirty lens, dimmed light, camera knocked sideways) "
+                          "from frame --fault-after on, for drift monitoring to catch")
+    run.add_argument("--fault-after", type=int, default=0, metavar="N",
+                     help="simulator only: frames before --fault starts (default 0)")
     run.add_argument("--open-timeout", type=float, default=10.0, help="camera open timeout, seconds (default 10)")
     run.add_argument("--read-timeout", type=float, default=5.0, help="camera read timeout, seconds (default 5)")
     run.add_argument("--reconnect-initial", type=float, default=0.5, help="first reconnect delay, seconds")
@@ -158,6 +164,7 @@ def _cmd_run(args) -> int:
         args.source, fps=args.fps, loop=args.loop or None, passthrough=args.passthrough or None,
         part_from_name=args.part_from_name or None, width=args.width, height=args.height,
         open_timeout_s=args.open_timeout, read_timeout_s=args.read_timeout, product=args.product,
+        fault=args.fault, fault_after=args.fault_after,
         rtsp_transport=args.rtsp_transport, pixel_format=args.pixel_format, exposure_us=args.exposure_us, gain_db=args.gain_db, trigger=args.trigger,
     )
     if args.partitions:

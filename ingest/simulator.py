@@ -26,6 +26,9 @@ from ingest.frames import Frame, utcnow
 from ingest.sources import FrameSource, SourceError
 
 DEFECT_KINDS: tuple[str, ...] = ("scratch", "spot", "crack", "missing_hole")
+# camera faults that change every frame from ``fault_after`` on (drift, not defects):
+# a dirty lens (blur and a veil of scattered light), dimmed lighting, a camera knocked sideways
+FAULTS: tuple[str, ...] = ("dirty-lens", "dim", "shift")
 
 
 class LineSimulator(FrameSource):
@@ -40,8 +43,13 @@ class LineSimulator(FrameSource):
     def __init__(self, *, seed: int = 0, width: int = 256, height: int = 256,
                  defect_rate: float = 0.1, frames_per_part: int = 1, count: int | None = None,
                  fps: float | None = None, product: str | None = "flange",
-                 part_prefix: str = "P", defect_kinds: tuple[str, ...] = DEFECT_KINDS):
+                 part_prefix: str = "P", defect_kinds: tuple[str, ...] = DEFECT_KINDS,
+                 fault: str | None = None, fault_after: int = 0):
         super().__init__(fps=fps)
+        if fault is not None and fault not in FAULTS:
+            raise ValueError(f"unknown simulator fault {fault!r}; one of {', '.join(FAULTS)}")
+        if fault_after < 0:
+            raise ValueError("fault_after must be >= 0")
         if width < 64 or height < 64:
             raise ValueError("the simulator needs at least 64x64 pixels")
         if not 0.0 <= defect_rate <= 1.0:
@@ -56,6 +64,7 @@ class LineSimulator(FrameSource):
         self.product = product
         self.part_prefix = part_prefix
         self.defect_kinds = tuple(defect_kinds)
+        self.fault, self.fault_after = fault, fault_after
         self.name = f"sim:seed={seed}"
         self._index = 0
 
@@ -88,12 +97,16 @@ class LineSimulator(FrameSource):
         part_index, phase = divmod(index, self.frames_per_part)
         defect = self.defect_of(part_index)
         image = self.render(part_index, phase=phase, defect=defect, frame_index=index)
+        fault = self.fault if self.fault is not None and index >= self.fault_after else None
+        if fault is not None:
+            image = apply_fault(image, fault)
         return Frame(
             image=image,
             captured_at=utcnow(),
             part_id=self.part_id(part_index),
             product=self.product,
-            info={"source": self.name, "frame_index": index, "part_index": part_index, "defect": defect},
+            info={"source": self.name, "frame_index": index, "part_index": part_index, "defect": defect,
+                  "fault": fault},
         )
 
     def render(self, part_index: int, *, phase: int = 0, defect: str | None = None,
@@ -185,6 +198,24 @@ class LineSimulator(FrameSource):
                 pts.append((pts[-1][0] + step * math.cos(b), pts[-1][1] + step * math.sin(b)))
             poly = np.array([_pt(x, y) for x, y in pts], np.int32)
             cv2.polylines(img, [poly], False, (25, 25, 28), max(1, int(round(1.5 * scale))), cv2.LINE_AA)
+
+
+def apply_fault(image: np.ndarray, fault: str) -> np.ndarray:
+    """One frame as a faulty camera would see it (BGR uint8 in and out)."""
+    h, w = image.shape[:2]
+    scale = min(w, h) / 256.0
+    img = image.astype(np.float32)
+    if fault == "dirty-lens":  # grime: blurred detail, and a veil of scattered light over everything
+        img = cv2.GaussianBlur(img, (0, 0), max(0.8, 3.0 * scale))
+        img = 0.65 * img + 0.35 * 200.0
+    elif fault == "dim":  # a lamp failing: 45 % less light
+        img *= 0.55
+    elif fault == "shift":  # the camera knocked: the part 15 % off centre, the belt fills in
+        m = np.float32([[1, 0, 0.15 * w], [0, 1, 0.1 * h]])
+        img = cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+    else:
+        raise ValueError(f"unknown simulator fault {fault!r}; one of {', '.join(FAULTS)}")
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _pt(x: float, y: float) -> tuple[int, int]:

@@ -437,7 +437,8 @@ def make_source(spec: str, **options: Any) -> FrameSource:
     spec                            source
     ==============================  ==================================================
     ``sim`` / ``sim:KEY=V,...``     :class:`ingest.simulator.LineSimulator` (``seed``,
-                                    ``width``, ``height``, ``defect_rate``, ``count``)
+                                    ``width``, ``height``, ``defect_rate``, ``count``,
+                                    ``fault`` dirty-lens|dim|shift, ``fault_after``)
     ``folder:PATH`` or a directory  :class:`FolderSource`
     ``device:N`` or ``N`` (digits)  :class:`OpenCVSource` on camera device N
     ``rtsp://``, ``http(s)://``...  :class:`OpenCVSource` on the network stream
@@ -471,6 +472,10 @@ def make_source(spec: str, **options: Any) -> FrameSource:
                 extra[key] = float(value)
             elif key in ("line_speed",):
                 extra[key] = float(value)
+            elif key == "fault":  # a camera fault from frame fault_after on (see ingest.simulator.FAULTS)
+                extra[key] = value.strip()
+            elif key == "fault_after":
+                extra[key] = int(value)
             else:
                 raise ValueError(f"unknown simulator option {key!r}")
         return build(LineSimulator, **extra)

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from detector.drift import DriftMonitor, DriftSettings, reference_from_meta
 from detector.messages import InspectionResult
 from ingest.kafka_config import KafkaSettings
 from ingest.service_loop import RECORD_OVERHEAD, BatchOutcome, DeadLetter, LoopConfig, ServiceLoop
@@ -103,6 +104,7 @@ class DetectorService:
         self.settings = settings
         self.holder = holder
         self.metrics = metrics or ServiceMetrics()
+        self.drift = DriftMonitor(DriftSettings(), self.metrics.registry)  # per camera and model version
         self.routing_factory = routing_factory
         self.reloader = reloader  # .store_reload.StoreReloader: model store changes (hot reload)
         self.max_frame_bytes = settings.max_frame_bytes or kafka.kafka_max_message_bytes
@@ -251,6 +253,7 @@ class DetectorService:
                 dead.append(DeadLetter(it.record, "inference", f"the model returned a non-finite score ({score})"))
                 continue
             value, is_flagged = self._result(it, score, amap, inferred_at)
+            self._observe_drift(it, score)
             self.loop.send(self.results_topic, it.frame.meta.camera_id.encode("utf-8"), value)
             st["flagged"] += is_flagged
             st["scored"] += 1
@@ -260,6 +263,14 @@ class DetectorService:
         st["encode"] += tc - tb
         self.metrics.stage_seconds.labels("infer").observe(tb - ta)
         self.metrics.stage_seconds.labels("encode").observe(tc - tb)
+
+    def _observe_drift(self, it: _Item, score: float) -> None:
+        det = it.route.detector
+        try:
+            self.drift.observe(it.frame.meta.camera_id, det.version, score, it.frame.rgb,
+                               reference=lambda: reference_from_meta(det.meta))
+        except Exception:  # noqa: BLE001 - monitoring must never cost a frame its result
+            log.exception("drift monitoring failed for frame %s", it.frame.meta.frame_id)
 
     def _on_batch(self, out: BatchOutcome) -> None:
         st, m = self._stats, self.metrics

@@ -94,3 +94,8 @@ def test_results_not_acknowledged_are_neither_committed_nor_lost(kafka_test_sett
     ids = [InspectionResult.from_bytes(r.value).frame_id for r in results]
     assert set(ids) == {m.frame_id for m in metas}  # nothing lost; some may be there twice (at least once)
     assert not probe.read_topic("deadletter", idle_s=0.5)
+    # every scored frame reached the drift monitor, per camera and model version (still its baseline)
+    (camera, version), = service.drift.tracks
+    track = service.drift.tracks[(camera, version)]
+    assert camera == "cam-f" and version == Detector.load(pipeline_checkpoint, device="cpu").version
+    assert len(track.baseline_scores) >= 10 and track.reference is None

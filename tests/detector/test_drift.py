@@ -1,0 +1,133 @@
+"""Drift monitoring on the line simulator: a dirty lens and dimmed light raise the alert within
+5 minutes at 2 frames/s; 24 simulated hours of normal part-to-part variation raise none."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from detector.drift import STATS, DriftMonitor, DriftReference, DriftSettings, image_stats, psi
+from ingest.simulator import LineSimulator, apply_fault
+from tests.retrain.conftest import tiny_checkpoint  # noqa: F401,F811  (the real tiny detector, session-scoped)
+
+FPS = 2.0
+FIVE_MINUTES = int(5 * 60 * FPS)
+DAY = int(24 * 3600 * FPS)
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_checkpoint):  # noqa: F811
+    from detector.inference import Detector
+
+    return Detector.load(tiny_checkpoint, "cpu")
+
+
+def _frames(first: int, n: int, fault: str | None = None) -> list[np.ndarray]:
+    sim = LineSimulator(seed=3, width=64, height=64, defect_rate=0.0)
+    imgs = [sim.render(i) for i in range(first, first + n)]
+    imgs = [apply_fault(im, fault) for im in imgs] if fault else imgs
+    return [cv2.cvtColor(im, cv2.COLOR_BGR2RGB) for im in imgs]
+
+
+@pytest.fixture(scope="module")
+def normal_pool(detector):
+    """300 different good parts, scored by the real detector: the line on a normal day."""
+    imgs = _frames(0, 300)
+    return imgs, np.asarray(detector.score_images(imgs), np.float64)
+
+
+def _healthy_start(monitor: DriftMonitor, pool, rng, n: int) -> None:
+    imgs, scores = pool
+    for k in rng.integers(0, len(imgs), n):
+        monitor.observe("cam-1", "v1", float(scores[k]), imgs[k])
+
+
+def test_a_day_of_normal_variation_raises_nothing(normal_pool):
+    """24 hours at 2 frames/s, parts drawn at random from the normal pool (each part's image
+    statistics computed once: the monitor's arithmetic is what runs 172,800 times)."""
+    monitor = DriftMonitor()
+    imgs, scores = normal_pool
+    stats = [image_stats(im) for im in imgs]
+    rng = np.random.default_rng(7)
+    worst_shift, worst_psi, alerts = 0.0, 0.0, 0
+    for k in rng.integers(0, len(imgs), DAY):
+        st = monitor.observe("cam-1", "v1", float(scores[k]), None, stats=stats[k])
+        if st.phase == "monitoring" and st.frames >= monitor.settings.window_frames:
+            worst_shift = max(worst_shift, max(abs(v) for v in st.shift.values()))
+            worst_psi = max(worst_psi, st.score_psi)
+        alerts += st.drifting
+    print(f"\n24 h normal: worst image shift {worst_shift:.2f} std, worst score PSI {worst_psi:.3f}, alerts {alerts}")
+    assert alerts == 0
+    assert worst_shift < monitor.settings.shift_alert and worst_psi > 0  # measured, and under the limit
+
+
+@pytest.mark.parametrize("fault", ["dirty-lens", "dim", "shift"])
+def test_a_camera_fault_raises_the_alert_within_five_minutes(fault, normal_pool, detector):
+    monitor = DriftMonitor()
+    rng = np.random.default_rng(11)
+    s = monitor.settings
+    _healthy_start(monitor, normal_pool, rng, s.baseline_frames + 2 * s.window_frames)  # reference + 4 quiet minutes
+    assert not monitor.tracks[("cam-1", "v1")].breach_run
+    after, j = None, 0
+    while after is None and j < FIVE_MINUTES:  # rendered and scored a minute at a time, as they come
+        faulty = _frames(5000 + j, 120, fault)
+        for img, sc in zip(faulty, detector.score_images(faulty)):
+            st = monitor.observe("cam-1", "v1", float(sc), img)
+            if st.drifting:
+                after = j
+                break
+            j += 1
+    assert after is not None, f"{fault}: no alert in 5 minutes; last window {st}"
+    print(f"\n{fault}: alert after {after} frames ({after / FPS / 60:.1f} min at 2 frames/s): {st.reasons}")
+    assert after <= FIVE_MINUTES
+
+
+def test_gauges_per_camera_and_model_version(normal_pool):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    reg = CollectorRegistry()
+    s = DriftSettings(window_frames=40, baseline_frames=60, hold_frames=10)
+    monitor = DriftMonitor(s, reg)
+    imgs, scores = normal_pool
+    for k in range(120):
+        st = monitor.observe("cam-1", "v1", float(scores[k]), imgs[k])
+    text = generate_latest(reg).decode()
+    assert f'linewatch_detector_drift_score_psi{{camera="cam-1",model_version="v1"}} {st.score_psi}' in text
+    assert f'linewatch_detector_drift_active{{camera="cam-1",model_version="v1"}} {float(st.drifting)}' in text
+    for stat in STATS:
+        assert f'linewatch_detector_drift_image_shift{{camera="cam-1",model_version="v1",stat="{stat}"}}' in text
+    dim = _frames(100, 30, "dim")
+    for img in dim:
+        st = monitor.observe("cam-1", "v1", float(scores[0]), img)
+    assert st.drifting
+    assert 'linewatch_detector_drift_active{camera="cam-1",model_version="v1"} 1.0' in generate_latest(reg).decode()
+    # a new model version starts from a new reference; the old version's series go
+    monitor.observe("cam-1", "v2", float(scores[0]), imgs[0])
+    text = generate_latest(reg).decode()
+    assert 'model_version="v1"' not in text and monitor.tracks[("cam-1", "v2")].reference is None
+
+
+def test_psi_and_image_statistics():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=5000)
+    edges = DriftReference.from_samples(ref, np.zeros((5000, 3))).score_edges
+    assert psi(edges, rng.normal(size=5000)) < 0.01
+    assert psi(edges, rng.normal(1.0, 1.0, size=5000)) > 0.25
+    img = _frames(0, 1)[0]
+    b, c, sharp = image_stats(img)
+    b2, c2, sharp2 = image_stats(cv2.GaussianBlur(img, (0, 0), 2.0))
+    assert abs(b2 - b) < 2 and sharp2 < sharp - 1  # blur: same light, much less detail
+    assert image_stats((img * 0.5).astype(np.uint8))[0] == pytest.approx(b * 0.5, rel=0.05)
+
+
+def test_the_simulator_faults_from_a_source_spec():
+    from ingest.sources import make_source
+
+    src = make_source("sim:seed=1,width=64,height=64,fault=dim,fault_after=2")
+    src.open()
+    frames = [src.read() for _ in range(4)]
+    assert [f.info["fault"] for f in frames] == [None, None, "dim", "dim"]
+    assert frames[2].image.mean() < 0.7 * frames[1].image.mean()
+    with pytest.raises(ValueError, match="unknown simulator fault 'fog'"):
+        make_source("sim:fault=fog")
