@@ -25,13 +25,20 @@ def parse_consumer_lag(text: str) -> float | None:
     return total
 
 
-def fetch_consumer_lag(url: str | None, timeout_s: float = 1.0) -> float | None:
+def fetch_metrics(url: str | None, timeout_s: float = 1.0) -> str | None:
+    """The detector service's /metrics text, or None (unset, unreachable: informative only)."""
     if not url:
         return None
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - operator-configured URL
-            body = resp.read(4 * 1024 * 1024).decode("utf-8", "replace")
-    except Exception:  # noqa: BLE001 - lag is informative only
+            return resp.read(4 * 1024 * 1024).decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - informative only
+        return None
+
+
+def fetch_consumer_lag(url: str | None, timeout_s: float = 1.0, body: str | None = None) -> float | None:
+    body = fetch_metrics(url, timeout_s) if body is None else body
+    if body is None:
         return None
     try:
         return parse_consumer_lag(body)

@@ -1,5 +1,7 @@
 """Live: anomaly rate per line and camera over a window, parts per minute, consumer lag, model
-version; the numbers and charts refresh every few seconds in a fragment (no page reload)."""
+version, camera drift (from the detector service's metrics: a warning per drifting camera, a
+column in the camera table, and a chart of the drift measures since the page was opened); the
+numbers and charts refresh every few seconds in a fragment (no page reload)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.common import dashboard_settings, pct, read_session, require_role
-from dashboard.lag import fetch_consumer_lag
+from dashboard.drift import parse_drift
+from dashboard.lag import fetch_consumer_lag, fetch_metrics
 from dashboard.live_logic import WINDOWS, bucket_seconds, camera_rows, overall_rate, window_bounds
 from storage.queries import live as q
 
@@ -23,6 +26,28 @@ window = top[0].selectbox("Window", list(WINDOWS), index=1, key="live_window")
 with read_session() as s:
     all_lines = q.lines(s)
 line_choice = top[1].selectbox("Line", ["All lines", *all_lines], key="live_line")
+
+
+def _drift_history(drift: dict, now: datetime) -> None:
+    """A chart of each camera's drift measures since this page was opened (Prometheus keeps the
+    long history; the alert rules are in deploy/prometheus/)."""
+    hist = st.session_state.setdefault("live_drift_history", [])
+    for d in drift.values():
+        worst = d.worst_shift
+        hist.append({"time": now, "camera": d.camera, "measure": "image shift (|std|)",
+                     "value": abs(worst[1]) if worst else None})
+        if d.psi is not None:
+            hist.append({"time": now, "camera": d.camera, "measure": "score PSI", "value": d.psi})
+    del hist[:-4000]
+    if not hist:
+        return
+    with st.expander("Drift since this page was opened", expanded=any(d.active for d in drift.values())):
+        chart = alt.Chart(pd.DataFrame(hist)).mark_line(point=True).encode(
+            x=alt.X("time:T", title=None), y=alt.Y("value:Q", title=None), color="camera:N",
+            tooltip=["camera", "measure", alt.Tooltip("value:Q", format=".2f"), alt.Tooltip("time:T", format="%H:%M:%S")],
+        ).properties(height=160).facet(row=alt.Row("measure:N", title=None))
+        st.altair_chart(chart)
+        st.caption("Alert limits: score PSI 0.5, image shift 4 std, held 2 minutes (detector/drift.py).")
 
 
 @st.fragment(run_every=timedelta(seconds=cfg.dashboard_refresh_s))
@@ -41,7 +66,9 @@ def live_panel() -> None:
         counts = [c for c in counts if c.line_id == line_choice]
         usual = [c for c in usual if c.line_id == line_choice]
         series = [p for p in series if p.line_id == line_choice]
-    lag = fetch_consumer_lag(cfg.detector_metrics_url)
+    metrics_text = fetch_metrics(cfg.detector_metrics_url)
+    lag = fetch_consumer_lag(None, body=metrics_text) if metrics_text is not None else None
+    drift = parse_drift(metrics_text) if metrics_text is not None else {}
     rows = camera_rows(counts, usual, minutes, versions)
     shown_versions = sorted({r.model_version for r in rows if r.model_version})
 
@@ -57,6 +84,11 @@ def live_panel() -> None:
                 help="detector service's Kafka consumer lag (LINEWATCH_DETECTOR_METRICS_URL)")
     m[4].metric("Model version", (shown_versions[-1] + (f" +{len(shown_versions) - 1}" if len(shown_versions) > 1 else ""))
                 if shown_versions else "n/a", help="; ".join(shown_versions) or None)
+    for d in drift.values():
+        if d.active:
+            st.warning(f"Camera {d.camera} drifts from what model {d.model_version} was calibrated on: "
+                       f"{d.describe()}. Check the lens, the lighting and the camera's position.")
+    _drift_history(drift, now)
 
     if not rows:
         st.info("No inspections in this window.")
@@ -119,6 +151,7 @@ def live_panel() -> None:
                 "line": r.line, "camera": r.camera, "inspected": r.inspected, "flagged": r.flagged,
                 "anomaly rate": pct(r.rate, 2), "usual rate": pct(r.usual_rate, 2),
                 "parts/min": round(r.per_minute, 1), "model version": r.model_version or "n/a",
+                "drift": drift[r.camera].describe() if r.camera in drift else "n/a",
             } for r in rows]),
             hide_index=True, width="stretch",
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -140,13 +141,11 @@ def test_live_page(seeded):
     assert int({x.label: x.value for x in at.metric}["Parts inspected"]) < 80
 
 
-def test_live_consumer_lag_from_metrics_url(seeded, monkeypatch, tmp_path):
+@contextlib.contextmanager
+def _metrics_endpoint(monkeypatch, body: bytes):
+    """A real HTTP server answering /metrics with ``body``, named by LINEWATCH_DETECTOR_METRICS_URL."""
     import http.server
     import threading
-
-    body = (b"# TYPE linewatch_detector_consumer_lag gauge\n"
-            b'linewatch_detector_consumer_lag{partition="0"} 12\n'
-            b'linewatch_detector_consumer_lag{partition="1"} 30\n')
 
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
@@ -161,10 +160,43 @@ def test_live_consumer_lag_from_metrics_url(seeded, monkeypatch, tmp_path):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("LINEWATCH_DETECTOR_METRICS_URL", f"http://127.0.0.1:{srv.server_port}/metrics")
-        at = page("live", "olga", "operator").run()
-        assert {x.label: x.value for x in at.metric}["Consumer lag"] == "42 msgs"
+        yield
     finally:
         srv.shutdown()
+
+
+def test_live_consumer_lag_from_metrics_url(seeded, monkeypatch, tmp_path):
+    body = (b"# TYPE linewatch_detector_consumer_lag gauge\n"
+            b'linewatch_detector_consumer_lag{partition="0"} 12\n'
+            b'linewatch_detector_consumer_lag{partition="1"} 30\n')
+    with _metrics_endpoint(monkeypatch, body):
+        at = page("live", "olga", "operator").run()
+        assert {x.label: x.value for x in at.metric}["Consumer lag"] == "42 msgs"
+
+
+def test_live_drift_from_metrics_url(seeded, monkeypatch):
+    """The detector service's drift gauges: a warning for the drifting camera, a column, a chart."""
+    lab = 'camera="{c}",model_version="v1"'
+    lines = ["# TYPE linewatch_detector_drift_score_psi gauge",
+             f"linewatch_detector_drift_score_psi{{{lab.format(c='cam-a1')}}} 3.62",
+             f"linewatch_detector_drift_score_psi{{{lab.format(c='cam-a2')}}} 0.04",
+             "# TYPE linewatch_detector_drift_image_shift gauge",
+             f'linewatch_detector_drift_image_shift{{{lab.format(c="cam-a1")},stat="sharpness"}} -75.9',
+             f'linewatch_detector_drift_image_shift{{{lab.format(c="cam-a2")},stat="sharpness"}} 0.3',
+             "# TYPE linewatch_detector_drift_active gauge",
+             f"linewatch_detector_drift_active{{{lab.format(c='cam-a1')}}} 1",
+             f"linewatch_detector_drift_active{{{lab.format(c='cam-a2')}}} 0"]
+    with _metrics_endpoint(monkeypatch, ("\n".join(lines) + "\n").encode()):
+        at = page("live", "olga", "operator").run()
+    assert not at.exception
+    warnings = [str(w.value) for w in at.warning]
+    assert warnings == ["Camera cam-a1 drifts from what model v1 was calibrated on: DRIFTING (score PSI 3.62, "
+                        "sharpness -75.9 std). Check the lens, the lighting and the camera's position."]
+    cams = at.dataframe[-1].value
+    drift = dict(zip(cams["camera"], cams["drift"]))
+    assert drift["cam-a1"].startswith("DRIFTING") and drift["cam-a2"] == "ok (score PSI 0.04, sharpness +0.3 std)"
+    assert drift["cam-b1"] == "n/a"  # not in the detector's metrics
+    assert at.session_state["live_drift_history"]
 
 
 def test_review_mark_false_alarm_next_item_and_change(seeded):
