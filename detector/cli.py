@@ -26,7 +26,7 @@ from .errors import UserError
 __all__ = ["Command", "UserError", "add_command", "main"]
 
 PROG = "linewatch-detector"
-PLUGIN_MODULES = ("detector.service.cli", "detector.models.efficientad.cli")
+PLUGIN_MODULES = ("detector.service.cli", "detector.models.efficientad.cli", "detector.export")
 ENTRY_POINT_GROUP = "linewatch.detector_commands"
 
 

@@ -43,9 +43,10 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from .cli import Command
 from .errors import UserError
 from .runtimes import (EXPORT_VERSION, FORMAT_BACKENDS, FORMATS, MANIFEST, ExportInfo, Runtime, TorchRuntime,
-                       available_backends, open_export_runtime, require_backend)
+                       available_backends, open_export_runtime)
 
 log = logging.getLogger(__name__)
 
@@ -396,3 +397,91 @@ def _require_exporter(fmt: str) -> None:
                if importlib.util.find_spec(p) is None]
     if missing:
         raise ExportError(f"{fmt} export needs {', '.join(missing)} (pip install 'linewatch[{'onnx' if fmt == 'onnx' else fmt}]')")
+
+
+# --------------------------------------------------------------------------------- checkpoints
+def checkpoint_metadata(module: torch.nn.Module, meta: dict[str, Any], sha: str) -> dict[str, Any]:
+    """What an export carries inside its model file(s), from a checkpoint's meta and file hash."""
+    md = {"family": meta.get("family", ""), "variant": meta.get("variant", ""), "product": meta.get("product"),
+          "threshold": float(meta.get("threshold", float("inf"))), "version": sha[:12], "checkpoint_sha256": sha,
+          "image_size": int(module.image_size)}
+    if meta.get("thresholds"):  # a unified model: one threshold per product
+        md["thresholds"] = {str(k): float(v) for k, v in meta["thresholds"].items()}
+    return md
+
+
+def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path, data: str | Path | None = None, *,
+                      int8: bool = False, max_images: int | None = 200, calibration_images: int = 64) -> ExportInfo:
+    """Export a checkpoint; parity on ``data``'s test images (generated ones without ``data``)."""
+    from .checkpoint import load_model
+
+    module, meta, sha = load_model(checkpoint, "cpu")
+    size = int(module.image_size)
+    if int8 and data is None:
+        raise ExportError("--int8 needs --data: it is calibrated on the category's normal training images and "
+                          "accepted only on its test set's AUROC")
+    parity = category_images(data, size, "test", max_images) if data else None
+    calib = category_images(data, size, "train", calibration_images).images if int8 else None
+    return export_module(module, checkpoint_metadata(module, meta, sha), fmt, out, parity, checkpoint_meta=meta,
+                         int8_calibration=calib)
+
+
+# -------------------------------------------------------------------------------------- command
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by 'train' (any model family)")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="onnx (runs on onnxruntime and openvino), openvino (IR .xml/.bin) or torchscript")
+    p.add_argument("--out", required=True, metavar="DIR", help="export folder to write (created; its old export "
+                                                              "files are replaced)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="the category's folder (MVTec layout): parity on its test images, int8 calibration on its "
+                        "train/good images (default: parity on 16 generated images)")
+    p.add_argument("--max-images", type=int, default=200, metavar="N",
+                   help="at most N test images for the parity check, spread over the defect types (default 200)")
+    p.add_argument("--int8", action="store_true",
+                   help=f"also write a statically quantised int8 model (onnx/openvino), kept only when the image "
+                        f"AUROC on the test set drops by at most {INT8_MAX_AUROC_LOSS} (needs --data)")
+    p.add_argument("--calibration-images", type=int, default=64, metavar="N",
+                   help="normal training images to calibrate int8 on (default 64)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    import sys
+
+    try:
+        info = export_checkpoint(args.checkpoint, args.format, args.out, args.data, int8=args.int8,
+                                 max_images=args.max_images, calibration_images=args.calibration_images)
+    except ExportError as e:
+        raise UserError(str(e)) from None
+    rep = info.parity
+    md = info.metadata
+    print(f"wrote {args.format} export of {md['family'] or 'model'} {md['version']} ({md['image_size']} px, "
+          f"threshold {md['threshold']:.5f}) to {args.out} [{rep['exporter']}, {rep['export_seconds']} s]")
+    for b, r in rep["backends"].items():
+        print(f"parity {b}: score rel diff {r['score_max_rel_diff']:.1e}, map abs diff {r['map_max_abs_diff']:.1e}, "
+              f"{r['verdict_changes']} verdict changes on {rep['images']} at batches {rep['batches']}: ok")
+    q = rep.get("int8")
+    if q:
+        print(f"int8: image AUROC {q['image_auroc_int8']:.4f} vs {q['image_auroc_fp32_torch']:.4f} fp32 "
+              f"(loss {q['image_auroc_loss']:+.4f}, limit {INT8_MAX_AUROC_LOSS}): "
+              f"{'kept' if q['accepted'] else 'REJECTED, not written'}")
+        if not q["accepted"]:
+            print("linewatch-detector: the fp32 export is usable; the int8 model lost too much accuracy",
+                  file=sys.stderr)
+            return 3
+    return 0
+
+
+COMMANDS = [
+    Command(
+        "export", "export a checkpoint to ONNX / OpenVINO / TorchScript, parity checked",
+        "Write the checkpoint's model as an ONNX, OpenVINO IR or TorchScript file into --out, with a dynamic\n"
+        "batch, uint8 frames in and (scores, maps) out, and the checkpoint's family, product, threshold,\n"
+        "version and input size in the model's metadata.  Parity with PyTorch is always checked, with every\n"
+        "installed backend that runs the format: the export fails (exit 2, no manifest written) when a score\n"
+        "differs by more than 1e-4 relative, a verdict at the threshold changes, or a map differs by more than\n"
+        "1e-3.  The figures are in <out>/parity.json.  Run an export with\n"
+        "  linewatch-detector serve --model <out> --backend auto|onnxruntime|openvino|torchscript\n"
+        "or Detector.load('<out>', backend=...).  Needs the extras: pip install 'linewatch[onnx]' / '[openvino]'.",
+        _add_arguments, _run),
+]

@@ -2,6 +2,7 @@
 
     from detector.inference import Detector, Prediction
     det = Detector.load(path, device="auto")   # "auto" | "cpu" | "cuda"; CheckpointError on bad files
+    det = Detector.load(export_dir, backend="auto")  # or a checkpoint on torch|torchscript|onnxruntime|openvino
     pred = det.predict(frames, product=None)   # uint8 HxW or HxWx3 RGB frames, sizes may differ
     pred.scores, pred.verdicts, pred.maps, pred.threshold
 
@@ -18,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_model
-from .data import resize_square, to_rgb
-from .device import autocast, resolve_device
+from .checkpoint import CheckpointError
+from .device import resolve_device
+from .runtimes import Runtime, TorchRuntime, open_runtime, run_frames
 
 __all__ = ["Detector", "Prediction", "CheckpointError"]
 
@@ -38,31 +38,40 @@ class Prediction:
 
 
 class Detector:
-    def __init__(self, model, meta: dict[str, Any], file_sha256: str, device: torch.device, batch_size: int = 8):
-        self._model = model
+    def __init__(self, model, meta: dict[str, Any], file_sha256: str, device: torch.device, batch_size: int = 8,
+                 runtime: Runtime | None = None, image_size: int | None = None):
+        self._model = model  # the family's module; None for an export run by another backend
+        self._runtime = runtime or TorchRuntime(model, device)
+        self.backend: str = self._runtime.describe()
         self.meta = meta
         self.device = device
         self.batch_size = batch_size
         self.version: str = file_sha256[:12]
         self.threshold: float = float(meta.get("threshold", float("inf")))
         self.thresholds: dict[str, float] = {str(k): float(v) for k, v in (meta.get("thresholds") or {}).items()}
-        self.image_size: int = int(model.image_size)
+        self.image_size: int = int(image_size or model.image_size)
         self.family: str = str(meta.get("family", ""))
         self.product: str | None = meta.get("product")
         self.products: list[str] = list(meta.get("products") or ([self.product] if self.product else []))
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 8) -> "Detector":
+    def load(cls, path: str | Path, device: str = "auto", batch_size: int = 8, backend: str = "torch",
+             precision: str = "fp32") -> "Detector":
+        """A checkpoint or an export folder (``linewatch-detector export``) on ``backend``:
+        torch | torchscript | onnxruntime | openvino | auto (the fastest, timed at load; see
+        :func:`detector.runtimes.open_runtime`).  Every problem raises CheckpointError (one line)."""
+        from .export import ExportError
+
         try:
             dev = resolve_device(device)
-        except (RuntimeError, ValueError) as e:
-            raise CheckpointError(str(e)) from None
-        model, meta, sha = load_model(path, dev)
-        return cls(model, meta, sha, dev, batch_size)
+            loaded = open_runtime(path, backend, device, batch_size, precision)
+        except (RuntimeError, ValueError, ExportError) as e:
+            raise CheckpointError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        return cls(loaded.module, loaded.meta, loaded.version, dev, batch_size, loaded.runtime, loaded.image_size)
 
     @property
     def config(self):
-        return self._model.cfg
+        return getattr(self._model, "cfg", None)  # None for an export run outside PyTorch
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -74,27 +83,10 @@ class Detector:
             return self.thresholds[product]
         return self.threshold
 
-    def _prep(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
-        s = self.image_size
-        arr = np.stack([resize_square(to_rgb(f), s) for f in frames])
-        return torch.from_numpy(arr).to(self.device).permute(0, 3, 1, 2).contiguous()
-
-    @torch.inference_mode()
     def predict(self, frames: Sequence[np.ndarray], product: str | None = None) -> Prediction:
-        frames = list(frames)
-        scores: list[np.ndarray] = []
-        maps: list[np.ndarray] = []
-        for i in range(0, len(frames), self.batch_size):
-            chunk = frames[i:i + self.batch_size]
-            with autocast(self.device):
-                sc, amap = self._model(self._prep(chunk))
-            scores.append(sc.float().cpu().numpy())
-            for f, a in zip(chunk, amap[:, 0].float().cpu().numpy()):
-                h, w = np.asarray(f).shape[:2]
-                maps.append(a if (h, w) == a.shape else cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR))
-        sc = np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)
+        sc, maps = run_frames(self._runtime, frames, self.image_size, self.batch_size)
         thr = self.threshold_for(product)
-        return Prediction(sc, sc > thr, [np.ascontiguousarray(m, dtype=np.float32) for m in maps], thr)
+        return Prediction(sc, sc > thr, maps, thr)
 
     def score_images(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Image scores only (``predict(frames).scores``); used by the retraining job."""

@@ -312,3 +312,86 @@ def fastest(candidates: dict[str, Callable[[], Runtime]], size: int, batch: int,
     log.info("backend auto chose %s: %s (ms per frame at batch %d, best of %d after a warm-up)",
              chosen.describe(), ", ".join(f"{t.backend} {t.ms_per_frame:.1f}" for t in timings), batch, repeats)
     return chosen, timings
+
+
+# --------------------------------------------------------------------------------- loading
+@dataclass
+class Loaded:
+    """A model ready to run: the runtime plus what the Detector needs to know about it."""
+
+    runtime: Runtime
+    meta: dict[str, Any]  # the checkpoint's meta (threshold, product, family, metrics, ...)
+    version: str  # the checkpoint's version (first 12 hex digits of its sha256), exported or not
+    image_size: int
+    module: torch.nn.Module | None = None  # the PyTorch module when loaded from a checkpoint
+    timings: list[Timing] = field(default_factory=list)  # backend "auto": what was measured
+
+
+def export_cache_dir() -> Path:
+    """Where checkpoints loaded with a non-torch backend are exported to (once per checkpoint):
+    ``LINEWATCH_EXPORT_CACHE``, else ``~/.cache/linewatch/exports``."""
+    import os
+
+    env = os.environ.get("LINEWATCH_EXPORT_CACHE")
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "linewatch" / "exports"
+    return Path(env) if env else base
+
+
+def _cached_onnx_export(module: torch.nn.Module, meta: dict[str, Any], sha: str) -> ExportInfo:
+    """The checkpoint's ONNX export in the cache, written (parity checked) the first time."""
+    from .export import checkpoint_metadata, export_module
+
+    folder = export_cache_dir() / f"{sha[:16]}-onnx"
+    if is_export(folder):
+        try:
+            return read_export(folder)
+        except ValueError as e:
+            log.warning("re-exporting %s: %s", folder, e)
+    log.info("exporting the checkpoint to ONNX once, into %s (parity checked)", folder)
+    return export_module(module, checkpoint_metadata(module, meta, sha), "onnx", folder, checkpoint_meta=meta)
+
+
+def open_runtime(path: str | Path, backend: str = "torch", device: str = "auto", batch_size: int = 8,
+                 precision: str = "fp32", threads: int | None = None) -> Loaded:
+    """Load a checkpoint or an export folder for ``backend`` (``auto``: time the candidates, keep the fastest).
+
+    A checkpoint with backend onnxruntime/openvino (or auto, when they are installed) is exported to
+    ONNX once (:func:`export_cache_dir`), parity checked like any export.  Raises ValueError,
+    RuntimeUnavailable or ExportError with one line; checkpoint problems raise CheckpointError.
+    """
+    if backend != "auto":
+        require_backend(backend)
+    if is_export(path):
+        info = read_export(path)
+        if backend == "torch":
+            raise RuntimeUnavailable(f"{path} is a {info.format} export: backend torch needs the checkpoint")
+        names = [b for b in FORMAT_BACKENDS[info.format] if b in available_backends()] if backend == "auto" else [backend]
+        if not names:
+            raise RuntimeUnavailable(f"no installed backend runs a {info.format} export "
+                                     f"(pip install 'linewatch[{'onnx' if info.format == 'onnx' else info.format}]')")
+        meta = {**info.checkpoint_meta, **{k: info.metadata[k] for k in ("family", "product", "threshold")
+                                            if k in info.metadata}}
+        makers = {b: (lambda b=b: open_export_runtime(info, b, precision, device, threads)) for b in names}
+        version, size, module = str(info.metadata["version"]), int(info.metadata["image_size"]), None
+    else:
+        from .checkpoint import load_model
+        from .device import resolve_device
+
+        if precision != "fp32":
+            raise ValueError(f"precision {precision} needs an export folder (linewatch-detector export --int8)")
+        dev = resolve_device(device)
+        module, meta, sha = load_model(path, dev)
+        version, size = sha[:12], int(module.image_size)
+        makers: dict[str, Callable[[], Runtime]] = {"torch": lambda: TorchRuntime(module, dev)}
+        onnx_backends = [b for b in ("onnxruntime", "openvino") if b in available_backends()]
+        if backend in ("onnxruntime", "openvino") or (backend == "auto" and onnx_backends):
+            info = _cached_onnx_export(module, meta, sha)  # exports on the CPU
+            module.to(dev)
+            for b in onnx_backends:
+                makers[b] = lambda b=b: open_export_runtime(info, b, "fp32", device, threads)
+        if backend != "auto":
+            makers = {backend: makers[backend]}
+    if len(makers) == 1:
+        return Loaded(next(iter(makers.values()))(), meta, version, size, module)
+    runtime, timings = fastest(makers, size, batch_size)
+    return Loaded(runtime, meta, version, size, module if runtime.name == "torch" else None, timings)

@@ -43,9 +43,16 @@ Example:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
-    g.add_argument("--model", metavar="CKPT", help="default checkpoint (LINEWATCH_DETECTOR_MODEL)")
+    g.add_argument("--model", metavar="CKPT", help="default checkpoint or export folder (LINEWATCH_DETECTOR_MODEL)")
     g.add_argument("--routes", metavar="FILE", help="routing file, JSON or YAML (LINEWATCH_DETECTOR_ROUTES)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="inference device (default auto)")
+    g.add_argument("--backend", choices=["auto", "torch", "torchscript", "onnxruntime", "openvino"],
+                   help="inference runtime (LINEWATCH_DETECTOR_BACKEND, default torch). A checkpoint runs on torch, "
+                        "or on onnxruntime/openvino after a one-time parity-checked ONNX export (cached); an export "
+                        "folder ('linewatch-detector export') on the backends its format allows; auto times the "
+                        "candidates at load and keeps the fastest (logged)")
+    g.add_argument("--precision", choices=["fp32", "int8"],
+                   help="int8: the export folder's int8 model (LINEWATCH_DETECTOR_PRECISION, default fp32)")
     g.add_argument("--model-store", metavar="DIR",
                    help="model store to follow: <DIR>/<product>/active.json routes the product to its active "
                         "version, <DIR>/thresholds.json holds per-camera thresholds; changes are picked up "
@@ -76,7 +83,8 @@ def _settings(args: argparse.Namespace):
 
     from .settings import ServiceSettings
 
-    mapping = {"model": "model", "routes": "routes", "device": "device", "group": "group",
+    mapping = {"model": "model", "routes": "routes", "device": "device", "backend": "backend",
+               "precision": "precision", "group": "group",
                "max_batch": "max_batch", "max_wait_ms": "max_wait_ms", "batches_per_commit": "batches_per_commit",
                "max_frame_bytes": "max_frame_bytes",
                "partitions": "topic_partitions", "sample_rate": "sample_rate",
@@ -137,7 +145,7 @@ def run_serve(args: argparse.Namespace) -> int:
         ms = holder.load(routes)  # CheckpointError -> one-line error, exit 2 (detector.cli.main)
         reloader.watcher.mark_seen(revision)
         log.info("models loaded", extra={"kv": {"versions": ",".join(f"{v}={p}" for p, v in ms.versions().items()),
-                                                "device": settings.device}})
+                                                "device": settings.device, "backend": settings.backend}})
         if service.stopping:
             return 0
         return service.run()
@@ -152,7 +160,8 @@ def _load_detector(path: str, settings) -> Any:
 
     from detector.inference import Detector
 
-    det = Detector.load(path, device=settings.device, batch_size=settings.max_batch)
+    det = Detector.load(path, device=settings.device, batch_size=settings.max_batch, backend=settings.backend,
+                        precision=settings.precision)
     size = det.image_size
     det.predict([np.zeros((size, size, 3), np.uint8)] * min(2, settings.max_batch))
     return det

@@ -17,6 +17,10 @@ variable                              default                 meaning
                                                               (its acks arrive while the next one is inferred),
                                                               one commit after all acks; 1 = batch by batch
 ``LINEWATCH_DETECTOR_DEVICE``         ``auto``                ``auto`` / ``cpu`` / ``cuda``
+``LINEWATCH_DETECTOR_BACKEND``        ``torch``               ``torch`` / ``onnxruntime`` / ``openvino`` /
+                                                              ``torchscript`` / ``auto`` (the fastest, timed
+                                                              at load; :mod:`detector.runtimes`)
+``LINEWATCH_DETECTOR_PRECISION``      ``fp32``                ``int8``: an export folder's int8 model
 ``LINEWATCH_DETECTOR_SAMPLE_RATE``    ``0.01``                fraction of normal frames whose image is attached
                                                               to the result (retraining sample; deterministic
                                                               per frame id)
@@ -57,6 +61,8 @@ class ServiceSettings(BaseSettings):
     max_wait_ms: int = Field(50, ge=0)
     batches_per_commit: int = Field(4, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["auto", "torch", "torchscript", "onnxruntime", "openvino"] = "torch"
+    precision: Literal["fp32", "int8"] = "fp32"
     sample_rate: float = Field(0.01, ge=0.0, le=1.0)
     heatmap_max_side: int = Field(512, ge=8)
     max_frame_bytes: int | None = Field(None, gt=0, description="default: the Kafka record limit")
