@@ -4,7 +4,7 @@ Run:  ``streamlit run dashboard/app.py``  or  ``python -m dashboard [--port N]``
 
 Before login every URL (``/``, ``/review``, ``/thresholds``, ...) shows the login form and
 nothing else; after login the same URL opens the page, if the role allows it.  Pages by role:
-Live, Review, History for everyone; Thresholds for engineers and admins; Users for admins.
+Live, Review, History for everyone; Thresholds and Models for engineers and admins; Users for admins.
 A page the role does not allow is answered by a "not allowed" notice (and is not linked in the
 sidebar); each page also checks the role itself.
 """
@@ -28,6 +28,7 @@ PAGES = [
     ("review", "Review", ":material/fact_check:", "operator"),
     ("history", "History", ":material/history:", "operator"),
     ("thresholds", "Thresholds", ":material/tune:", "engineer"),
+    ("models", "Models", ":material/model_training:", "engineer"),
     ("users", "Users", ":material/group:", "admin"),
 ]
 

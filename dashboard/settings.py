@@ -29,6 +29,9 @@ class DashboardSettings(BaseSettings):
     dashboard_usual_days: float = Field(7.0, gt=0)
     dashboard_login_max_failures: int = Field(5, ge=1)
     dashboard_csv_max_rows: int = Field(100_000, ge=1)
+    # the plant's time zone for times shown on the Models page (IANA name, e.g. Europe/Berlin);
+    # unset: the server's; exports stay in UTC
+    plant_timezone: str | None = None
 
     def shift_hours(self) -> list[int]:
         hours = sorted({int(h) % 24 for h in self.dashboard_shift_starts.split(",") if h.strip()})

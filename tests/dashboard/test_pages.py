@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,51 @@ def test_users_page_add_user(seeded):
     assert not at.exception
     with db.session() as s:
         assert s.scalars(select(User).where(User.username == "nina")).one().role == "engineer"
+
+
+def test_models_page_versions_report_and_rollback(seeded, tmp_path, monkeypatch):
+    import cv2
+    import numpy as np
+    from zoneinfo import ZoneInfo
+
+    from storage.db import write_session
+    from storage.models import ModelVersion
+    from storage.registry import promote, register_candidate
+
+    db, _ = seeded
+    monkeypatch.setenv("LINEWATCH_PLANT_TIMEZONE", "Asia/Tokyo")
+    store = tmp_path / "models" / "flange"
+    store.mkdir(parents=True)
+    for v in ("v1", "v2"):
+        (store / f"{v}.ckpt").write_bytes(v.encode())
+    cv2.imwrite(str(store / "v2.scores.png"), np.full((40, 80, 3), 200, np.uint8))
+    (store / "v2.report.md").write_text("# Retraining report: flange v2\n\n**Decision: PROMOTED** — not worse\n\n"
+                                        "![score histograms](v2.scores.png)\n")
+    with write_session(db.engine) as s:
+        v1 = register_candidate(s, "flange", "v1", store / "v1.ckpt", created_by="first-model", threshold=0.5)
+        promote(s, v1, "first-model", "registered")
+    with write_session(db.engine) as s:
+        v2 = register_candidate(s, "flange", "v2", store / "v2.ckpt", created_by="retrain", threshold=0.61,
+                                report_path=store / "v2.report.md", metrics={
+                                    "image_auroc": 0.97, "false_alarm_rate": 0.01, "detection_rate": 1.0})
+        promote(s, v2, "retrain", "not worse than the active model")
+
+    assert "for engineers" in texts(page("models", "olga", "operator").run())
+    at = page("models", "erik", "engineer").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["version"]) == ["v2", "v1"] and list(table["status"]) == ["active", "retired"]
+    assert list(table["promoted by"]) == ["retrain", "first-model"] and list(table["detection rate"])[0] == 1.0
+    with db.session() as s:
+        promoted = s.query(ModelVersion).filter_by(version="v2").one().promoted_at
+    assert list(table["promoted"])[0] == f"{promoted.astimezone(ZoneInfo('Asia/Tokyo')):%Y-%m-%d %H:%M}"
+    assert "Decision: PROMOTED" in texts(at) and "Times in JST" in texts(at)
+
+    at.text_input(key="models_reason_flange").input("v2 misses scratches on the night shift").run()
+    at.button(key="models_rollback").click().run()
+    assert not at.exception
+    assert "Rolled back flange: v1 is active again (by erik)" in texts(at)
+    with db.session() as s:
+        status = {mv.version: (mv.status, mv.promoted_by) for mv in s.query(ModelVersion)}
+    assert status == {"v1": ("active", "erik"), "v2": ("retired", "retrain")}
+    assert json.loads((store / "active.json").read_text())["version"] == "v1"  # the detectors' pointer follows
