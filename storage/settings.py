@@ -43,6 +43,8 @@ class StorageSettings(BaseSettings):
 
     data_dir: Path = Field(Path("var"), description="root of local state (SQLite file, blobs, models)")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir")
+    database_password_file: Path | None = Field(
+        None, description="file holding the database password (a Docker / systemd secret), put into the URL")
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
 
     blob_store: Literal["local", "database"] = "local"
@@ -67,6 +69,16 @@ class StorageSettings(BaseSettings):
             self.model_store_dir = self.data_dir / "models"
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'linewatch.db'}"
+        if self.database_password_file is not None:
+            from sqlalchemy.engine import make_url
+
+            try:
+                password = self.database_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as e:
+                raise ValueError(f"LINEWATCH_DATABASE_PASSWORD_FILE: cannot read {self.database_password_file}: "
+                                 f"{e.strerror}") from None
+            self.database_url = make_url(self.database_url).set(password=password).render_as_string(
+                hide_password=False)
         return self
 
     @property

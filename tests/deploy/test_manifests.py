@@ -267,8 +267,23 @@ def test_compose_services_and_wiring():
     app = {n for n, s in services.items() if s.get("build")}
     assert app == set(services) - {"kafka", "postgres"}
     assert len({services[n]["image"] for n in app}) == 1
-    # the env file with the passwords is never committed
-    assert ".env" in (COMPOSE / ".gitignore").read_text().split()
+    # passwords are Docker secrets (files), never environment variables or ${...} substitutions
+    assert {k: v["file"] for k, v in doc["secrets"].items()} == {
+        "postgres_password": "./secrets/postgres_password", "admin_password": "./secrets/admin_password"}
+    text = (COMPOSE / "compose.yaml").read_text()
+    assert "PASSWORD:" not in text and "PASSWORD}" not in text
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    for name in app:
+        assert "postgres_password" in services[name]["secrets"], name
+        env = services[name].get("environment", {})
+        assert env["LINEWATCH_DATABASE_PASSWORD_FILE"] == "/run/secrets/postgres_password", name
+        assert "@postgres:" in env["LINEWATCH_DATABASE_URL"] and ":" not in env["LINEWATCH_DATABASE_URL"].split("@")[0][
+            len("postgresql+psycopg://"):], name
+    assert services["init"]["secrets"] == ["postgres_password", "admin_password"]
+    assert "< /run/secrets/admin_password" in services["init"]["command"][-1]
+    assert "admin_password" not in str({n: s.get("secrets") for n, s in services.items() if n != "init"})
+    ignored = (COMPOSE / ".gitignore").read_text().split()
+    assert ".env" in ignored and "secrets/" in ignored
 
 
 def test_image_ships_the_scripts_the_deployments_call():
@@ -344,3 +359,11 @@ def test_nightly_scheduler_rejects_bad_time_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert not marker.exists()
+
+
+def test_systemd_first_admin_from_a_credential_once():
+    unit = (SYSTEMD / "linewatch-first-admin.service").read_text()
+    assert "LoadCredential=admin-password:/etc/linewatch/admin-password" in unit
+    assert "< %d/admin-password" in unit and "ADMIN_PASSWORD" not in unit  # a credential, not the environment
+    assert "users list --json" in unit  # only while there is no user at all
+    assert "linewatch-first-admin.service" in (SYSTEMD / "linewatch.target").read_text()
