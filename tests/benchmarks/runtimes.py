@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_row(json.loads(argv[1]))))
         return 0
     args = build_parser().parse_args(argv)
-    from detector.export import export_checkpoint
+    from detector.export import ExportError, export_checkpoint
     from detector.runtimes import available_backends
 
     out = Path(args.out)
@@ -113,8 +113,13 @@ def main(argv: list[str] | None = None) -> int:
             if not any(b in wanted and b in have for b in backends):
                 continue
             t = time.perf_counter()
-            info = export_checkpoint(ckpt, fmt, out / name / fmt, args.data,
-                                     int8=args.int8 and fmt != "torchscript", max_images=args.max_images)
+            try:
+                info = export_checkpoint(ckpt, fmt, out / name / fmt, args.data,
+                                         int8=args.int8 and fmt != "torchscript", max_images=args.max_images)
+            except ExportError as e:  # a format this family cannot export: say so, measure the others
+                exports[fmt] = {"error": str(e)}
+                print(f"{name}: {fmt} export failed: {e}", flush=True)
+                continue
             exports[fmt] = {"dir": str(info.dir), "models": info.models, "parity": info.parity,
                             "seconds": round(time.perf_counter() - t, 1)}
             print(f"{name}: exported {fmt} in {exports[fmt]['seconds']} s; parity "
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         results["checkpoints"][name] = {"path": ckpt, "family": family, "exports": exports}
         rows = [("torch", "fp32", ckpt)] if "torch" in wanted else []
         for fmt, backend in (("torchscript", "torchscript"), ("onnx", "onnxruntime"), ("openvino", "openvino")):
-            if fmt in exports and backend in wanted:
+            if "models" in exports.get(fmt, {}) and backend in wanted:
                 rows += [(backend, prec, exports[fmt]["dir"]) for prec in exports[fmt]["models"]]
         for backend, prec, path in rows:
             spec = {"path": str(path), "backend": backend, "precision": prec, "data": args.data,
