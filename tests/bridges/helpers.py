@@ -117,7 +117,10 @@ class ResultsLine:
 
 
 class Subscriber:
-    """An MQTT client subscribed to ``<root>/#`` with QoS 1, collecting every message."""
+    """An MQTT client subscribed to ``<root>/#`` with QoS 1, collecting every message.
+
+    ``messages``: ``(topic, payload as JSON, qos, retained, unix arrival time)``.
+    """
 
     def __init__(self, port: int, topic: str = "linewatch/#") -> None:
         import paho.mqtt.client as mqtt
@@ -134,8 +137,9 @@ class Subscriber:
         assert self._subscribed.wait(10), "MQTT subscription not acknowledged"
 
     def _on_message(self, client, userdata, msg) -> None:
+        arrived = time.time()
         with self._lock:
-            self.messages.append((msg.topic, json.loads(msg.payload), msg.qos, bool(msg.retain)))
+            self.messages.append((msg.topic, json.loads(msg.payload), msg.qos, bool(msg.retain), arrived))
 
     def snapshot(self) -> list:
         with self._lock:
