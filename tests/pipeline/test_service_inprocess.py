@@ -99,3 +99,51 @@ def test_results_not_acknowledged_are_neither_committed_nor_lost(kafka_test_sett
     track = service.drift.tracks[(camera, version)]
     assert camera == "cam-f" and version == Detector.load(pipeline_checkpoint, device="cpu").version
     assert len(track.baseline_scores) >= 10 and track.reference is None
+
+
+def test_an_inference_batch_is_bounded_by_decoded_pixels_too(kafka_settings, pipeline_checkpoint):
+    """Frames under the per-frame pixel limit still cannot pile up into one huge inference batch."""
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    import cv2
+    import numpy as np
+
+    from detector.inference import Detector
+    from detector.service.routing import ModelHolder, load_routing
+    from detector.service.service import DetectorService
+    from detector.service.settings import ServiceSettings
+    from ingest.messages import FrameMeta
+
+    batches: list[list[int]] = []
+
+    class Recording:  # the real detector, noting the pixels of every batch it is given
+        def __init__(self, det):
+            self.det = det
+
+        def predict(self, frames):
+            batches.append([f.shape[0] * f.shape[1] for f in frames])
+            return self.det.predict(frames)
+
+        def __getattr__(self, name):
+            return getattr(self.det, name)
+
+    holder = ModelHolder(lambda p: Recording(Detector.load(p, device="cpu", batch_size=8)))
+    holder.load(load_routing(None, pipeline_checkpoint))
+    ss = ServiceSettings(model=pipeline_checkpoint, max_batch=8, max_frame_pixels=40 * 40,
+                         max_batch_pixels=3 * 30 * 30, device="cpu", sample_rate=0.0)
+    service = DetectorService(kafka_settings, ss, holder)
+    sent = []
+    service.loop.send = lambda topic, key, value, headers=None: sent.append(value)
+    now = datetime.now(timezone.utc)
+    ok, png = cv2.imencode(".png", np.full((30, 30, 3), 128, np.uint8))
+    records = []
+    for i in range(8):
+        meta = FrameMeta(frame_id=f"px-{i}", line="l", station="s", camera_id="cam-px", seq=i, captured_at=now,
+                         content_type="image/png")
+        records.append(SimpleNamespace(topic="t", partition=0, offset=i, key=b"cam-px", value=png.tobytes(),
+                                       headers=meta.to_headers(), timestamp=int(now.timestamp() * 1000)))
+    assert service.handle(records) == []
+    assert len(sent) == 8
+    assert [len(b) for b in batches] == [3, 3, 2]
+    assert all(sum(b) <= 3 * 30 * 30 for b in batches)
