@@ -29,11 +29,12 @@ def test_each_verdict_published_once_newest_retained_bad_message_dead_lettered(l
     line.publish(results)
     line.publish_raw(b"not json")
     line.publish(results[:3])  # a replay of frames already delivered: skipped by frame id
+    line.publish([make_result(1, camera="cam-1", prefix="late")])  # a new frame captured before the newest
     proc = line.start_bridge("--port", str(mosquitto.port), "--host", "127.0.0.1")
     try:
-        wait_for(lambda: len(sub.frame_ids()) == 8 and line.committed() == 12, 30, "8 verdicts and commits", [proc])
+        wait_for(lambda: len(sub.frame_ids()) == 9 and line.committed() == 13, 30, "9 verdicts and commits", [proc])
         msgs = sub.snapshot()
-        assert len(msgs) == 8, [m[1]["frame_id"] for m in msgs]  # no duplicates from the replay
+        assert len(msgs) == 9, [m[1]["frame_id"] for m in msgs]  # no duplicates from the replay
         assert {m[0] for m in msgs} == {"linewatch/line-1/cam-1", "linewatch/line-1/cam-2"}
         assert all(m[2] == 1 for m in msgs)
         by_frame = {m[1]["frame_id"]: m[1] for m in msgs}
@@ -42,7 +43,8 @@ def test_each_verdict_published_once_newest_retained_bad_message_dead_lettered(l
         assert by_frame["f-cam-2-000001"]["verdict"] == "pass"
         assert by_frame["f-cam-2-000001"]["model_version"] == "m-1"
 
-        # a subscriber that connects later gets each camera's newest verdict, retained
+        # a subscriber that connects later gets each camera's newest verdict, retained (the late frame,
+        # captured earlier, was published but did not replace it)
         late = Subscriber(mosquitto.port)
         wait_for(lambda: len(late.snapshot()) == 2, 10, "retained verdicts")
         assert {(m[0], m[1]["seq"], m[3]) for m in late.snapshot()} == {
