@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.common import dashboard_settings, read_session, require_role, writing
+from storage.queries.common import csv_text
 from storage.registry import list_versions, rollback
 
 user = require_role("engineer")
@@ -54,7 +55,8 @@ rows = [{
 shown = pd.DataFrame([{**r, "created": _local(r["created"]), "promoted": _local(r["promoted"])} for r in rows])
 st.dataframe(shown, hide_index=True, width="stretch")
 tzname = datetime.now(tz).tzname()
-utc = pd.DataFrame([{**r, "created": r["created"].isoformat() if r["created"] else "",
+utc = pd.DataFrame([{**{k: csv_text(v) if isinstance(v, str) else v for k, v in r.items()},
+                     "created": r["created"].isoformat() if r["created"] else "",
                      "promoted": r["promoted"].isoformat() if r["promoted"] else ""} for r in rows])
 c = st.columns([3, 2])
 c[0].caption(f"Times in {tzname} (the plant's time zone); the CSV is in UTC.")

