@@ -341,3 +341,57 @@ def test_poison_results_never_stop_the_writer(line):
     except BaseException:
         print(line.logs())
         raise
+
+
+def test_a_locked_database_is_waited_out_honestly_and_nothing_is_committed_meanwhile(line):
+    """An outage is not a bad message: the writer retries, commits nothing, says so on /readyz, then catches up."""
+    import sqlite3
+    import socket
+    import urllib.error
+    import urllib.request
+
+    if line.db.backend != "sqlite":
+        pytest.skip("the lock is SQLite's (PostgreSQL outages are the soak benchmark's)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def get(path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+        except OSError:
+            return 0, {}
+
+    line.env["LINEWATCH_SQLITE_BUSY_TIMEOUT_MS"] = "200"
+    writer = line.start_writer("--http-port", str(port), "--max-wait-ms", "100")
+    try:
+        line.publish(_results(3))
+        wait_for(lambda: line.rows() == 3, 60, "3 rows", writer)
+        # another process holds the write lock: the database is there but refuses writes
+        lock = sqlite3.connect(line.db.url.removeprefix("sqlite:///"), timeout=1)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            line.publish(_results(5, start=3))
+            wait_for(lambda: get("/readyz")[0] == 503, 30, "/readyz to report the wait", writer)
+            status, info = get("/readyz")
+            assert info["status"] == "waiting" and "storage unavailable" in info["waiting_for"]
+            assert get("/healthz")[0] == 200  # alive: a restart would not help
+            time.sleep(1.0)
+            assert not line.caught_up()  # nothing committed past the unstored results
+            assert writer.poll() is None
+        finally:
+            lock.rollback()
+            lock.close()
+        wait_for(lambda: line.rows() == 8, 60, "8 rows after the lock is released", writer)
+        wait_for(line.caught_up, 30, "offsets committed", writer)
+        wait_for(lambda: get("/readyz")[0] == 200, 30, "/readyz ready again", writer)
+        assert not line.dead_letters(1, timeout=1.0)  # an outage never dead-letters good results
+    except BaseException:
+        print(line.logs())
+        raise
+    finally:
+        writer.send_signal(signal.SIGTERM)
+        assert writer.wait(60) == 0
