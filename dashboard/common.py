@@ -105,6 +105,16 @@ def current_user() -> CurrentUser | None:
         return CurrentUser(row.username, row.role)
 
 
+def authorize(needed: str) -> CurrentUser | None:
+    """The current user if their role, read from the database now, allows ``needed``; else ``None``.
+
+    Actions that run in widget callbacks (before the page script, so before :func:`require_role`)
+    call this at the moment they act: a user disabled or demoted while their tab was open does nothing.
+    """
+    user = current_user()
+    return user if user is not None and role_allows(user.role, needed) else None
+
+
 def require_role(needed: str) -> CurrentUser:
     """Stop the page unless someone with at least ``needed`` is logged in."""
     user = current_user()

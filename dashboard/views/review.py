@@ -10,7 +10,7 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import blobs, read_session, require_role, writing
+from dashboard.common import authorize, blobs, read_session, require_role, writing
 from dashboard.images import COLORMAPS, colorbar, decode_heatmap, decode_rgb, overlay
 from dashboard.labels import LABELS, QUEUES, label_name
 from storage.blobs import BlobNotFound
@@ -36,9 +36,13 @@ def _advance(cursor: tuple[datetime, int]) -> None:
 
 
 def _decide(inspection_id: int, label: str, cursor: tuple[datetime, int], advance: bool) -> None:
+    # a callback runs before the page script: the role is checked again now, not when the page was drawn
+    actor = authorize("operator")
+    if actor is None:
+        return
     comment = ss.get(f"review_comment_{inspection_id}", "")
     with writing() as s:
-        q.decide(s, inspection_id, label, user.username, comment)
+        q.decide(s, inspection_id, label, actor.username, comment)
     ss["review_last"] = (inspection_id, label)
     if advance:
         _advance(cursor)

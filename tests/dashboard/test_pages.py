@@ -366,3 +366,23 @@ def test_models_page_versions_report_and_rollback(seeded, tmp_path, monkeypatch)
         status = {mv.version: (mv.status, mv.promoted_by) for mv in s.query(ModelVersion)}
     assert status == {"v1": ("active", "erik"), "v2": ("retired", "retrain")}
     assert json.loads((store / "active.json").read_text())["version"] == "v1"  # the detectors' pointer follows
+
+
+def test_a_review_decision_checks_the_user_when_it_runs(seeded):
+    """The tab was opened while olga was active; she is disabled, then clicks a decision: nothing is stored
+    (the decision runs in a widget callback, before the page script's own check)."""
+    from storage.users import set_active
+
+    db, sd = seeded
+    at = page("review", "olga", "operator").run()
+    first = sd.flagged_ids[0]
+    assert at.button(key=f"review_false_alarm_{first}") is not None
+    with db.session() as s:
+        set_active(s, "olga", False)
+        s.commit()
+    at.button(key=f"review_false_alarm_{first}").click().run()
+    assert not at.exception
+    with db.session() as s:
+        assert s.scalars(select(Feedback).where(Feedback.inspection_id == first)).first() is None
+        assert s.get(Inspection, first).current_feedback is None
+    assert "Please log in" in texts(at)
