@@ -134,6 +134,34 @@ def _fit_gaussian(model: nn.Module, chunk: int = 512) -> None:
     model.gaussian.inv_covariance = torch.cat(invs)  # [H*W, C, C]
 
 
+def _subsample_coreset(model: nn.Module, ratio: float, seed: int, progress: bool) -> None:
+    """PatchCore's memory bank by anomalib's k-center greedy (``KCenterGreedy``: the same sparse random
+    projection, the same random first pick, then always the point farthest from those picked), with
+    the distances to each new centre as ``|f|^2 - 2 f.c + |c|^2``: one matrix-vector product instead
+    of anomalib's ``features - centre`` temporary, about 4x faster on CPU (anomalib's took ~2 s a pick
+    for bottle's 214k patches here, 2139 picks).  The projection is seeded too (anomalib's draws from
+    numpy's global generator)."""
+    from anomalib.models.components.dimensionality_reduction import SparseRandomProjection
+
+    bank = torch.cat(model.embedding_store)
+    model.embedding_store.clear()
+    size = int(len(bank) * ratio)
+    if size <= 0:
+        raise ValueError(f"{len(bank)} patches are too few for a {ratio:.0%} coreset")
+    feats = SparseRandomProjection(eps=0.9, random_state=seed).fit(bank).transform(bank)
+    sq = feats.pow(2).sum(dim=1)
+    idx = int(torch.randint(high=len(bank), size=(1,)))
+    picks = [idx]
+    min_dist = torch.full_like(sq, float("inf"))
+    for _ in tqdm(range(size - 1), desc="patchcore coreset", disable=not progress, leave=False):
+        dist = sq - 2 * (feats @ feats[idx]) + sq[idx]  # squared distances: the same farthest point
+        torch.minimum(min_dist, dist, out=min_dist)
+        idx = int(torch.argmax(min_dist))
+        min_dist[idx] = 0.0
+        picks.append(idx)
+    model.memory_bank = bank[picks]
+
+
 def fit_anchor(name: str, train: torch.Tensor, weights: str | None, *, image_size: int = 256, seed: int = 0,
                progress: bool = True, batch: int = 16) -> nn.Module:
     """Fit anchor ``name`` on normal images, uint8 ``[N,3,S,S]`` RGB with S = ``image_size``.
@@ -163,5 +191,5 @@ def fit_anchor(name: str, train: torch.Tensor, weights: str | None, *, image_siz
         if name == "padim":
             _fit_gaussian(model)
         else:
-            model.subsample_embedding(CORESET_RATIO)
+            _subsample_coreset(model, CORESET_RATIO, seed, progress)
     return module.train(False)

@@ -99,3 +99,23 @@ def test_bad_input_is_refused(toy):
         fit_anchor("padim", train, None, image_size=32)
     with pytest.raises(ValueError, match="uint8"):
         fit_anchor("padim", train.float(), None, image_size=SIZE)
+
+
+def test_coreset_picks_are_anomalibs_k_center_greedy():
+    """Our faster k-center greedy picks what anomalib's KCenterGreedy picks (same projection, same start)."""
+    from types import SimpleNamespace
+
+    from anomalib.models.components import KCenterGreedy
+    from anomalib.models.components.dimensionality_reduction import SparseRandomProjection
+
+    from detector.anchors import _subsample_coreset
+
+    bank = torch.randn(4000, 48, generator=torch.Generator().manual_seed(0))
+    model = SimpleNamespace(embedding_store=[bank[:1000], bank[1000:]])
+    torch.manual_seed(1)
+    _subsample_coreset(model, 0.02, seed=5, progress=False)
+    torch.manual_seed(1)
+    reference = KCenterGreedy(embedding=bank, sampling_ratio=0.02)
+    reference.model = SparseRandomProjection(eps=0.9, random_state=5)
+    assert model.embedding_store == []
+    assert torch.equal(model.memory_bank, reference.sample_coreset())
