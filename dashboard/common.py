@@ -8,6 +8,7 @@ every run, so removing, disabling or demoting an account takes effect at the nex
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,6 +104,18 @@ def current_user() -> CurrentUser | None:
         if row.role != user["role"]:
             st.session_state[USER_KEY] = {"username": row.username, "role": row.role}
         return CurrentUser(row.username, row.role)
+
+
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def md_text(value: object) -> str:
+    """``value`` as literal text inside Streamlit Markdown: every ASCII punctuation character escaped.
+
+    Values that come from cameras and producers (camera, line, part, product, model version) go
+    through this, so ``[x](http://...)``, ``**``, ``_`` or a ``www.`` address are shown, never rendered.
+    """
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", str(value))
 
 
 def authorize(needed: str) -> CurrentUser | None:

@@ -11,7 +11,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import dashboard_settings, pct, read_session, require_role
+from dashboard.common import dashboard_settings, md_text, pct, read_session, require_role
 from dashboard.drift import parse_drift
 from dashboard.lag import fetch_consumer_lag, fetch_metrics
 from dashboard.live_logic import WINDOWS, bucket_seconds, camera_rows, overall_rate, window_bounds
@@ -86,7 +86,7 @@ def live_panel() -> None:
                 if shown_versions else "n/a", help="; ".join(shown_versions) or None)
     for d in drift.values():
         if d.active:
-            st.warning(f"Camera {d.camera} drifts from what model {d.model_version} was calibrated on: "
+            st.warning(f"Camera {md_text(d.camera)} drifts from what model {md_text(d.model_version)} was calibrated on: "
                        f"{d.describe()}. Check the lens, the lighting and the camera's position.")
     _drift_history(drift, now)
 

@@ -10,7 +10,7 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import authorize, blobs, read_session, require_role, writing
+from dashboard.common import authorize, blobs, md_text, read_session, require_role, writing
 from dashboard.images import COLORMAPS, colorbar, decode_heatmap, decode_rgb, overlay
 from dashboard.labels import LABELS, QUEUES, label_name
 from storage.blobs import BlobNotFound
@@ -76,7 +76,7 @@ with read_session() as s:
         item = q.queue_item(s, mode, _cursor_value(ss["review_before"]), cams or None)
     history = q.history_of(s, item.id) if item is not None else []
 
-st.caption(f"{n_queue:,} in the “{QUEUES[mode]}” queue" + (f" · cameras: {', '.join(cams)}" if cams else ""))
+st.caption(f"{n_queue:,} in the “{QUEUES[mode]}” queue" + (f" · cameras: {md_text(', '.join(cams))}" if cams else ""))
 
 if item is None:
     if ss["review_before"] is None:
@@ -121,10 +121,10 @@ with right:
     st.metric("Score", f"{item.score:.4f}", delta=f"{item.score - item.threshold:+.4f} vs threshold {item.threshold:.4f}",
               delta_color="inverse", help=f"score is {verdict} the threshold the detector used")
     st.markdown(
-        f"**Camera** {item.camera_id} · **Line** {item.line_id}  \n"
-        f"**Part** {item.part_id or '—'} · **Product** {item.product or '—'}  \n"
+        f"**Camera** {md_text(item.camera_id)} · **Line** {md_text(item.line_id)}  \n"
+        f"**Part** {md_text(item.part_id or '—')} · **Product** {md_text(item.product or '—')}  \n"
         f"**Captured** {item.captured_at:%Y-%m-%d %H:%M:%S} UTC  \n"
-        f"**Model** {item.model_version} · **Frame** `{item.frame_id}`  \n"
+        f"**Model** {md_text(item.model_version)} · **Frame** `{item.frame_id}`  \n"
         f"**Current decision:** {label_name(item.current_feedback)}"
     )
     st.text_input("Comment (optional)", key=f"review_comment_{item.id}", max_chars=2000)

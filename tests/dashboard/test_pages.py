@@ -386,3 +386,22 @@ def test_a_review_decision_checks_the_user_when_it_runs(seeded):
         assert s.scalars(select(Feedback).where(Feedback.inspection_id == first)).first() is None
         assert s.get(Inspection, first).current_feedback is None
     assert "Please log in" in texts(at)
+
+
+def test_camera_sourced_values_are_plain_text_on_the_review_page(seeded):
+    """A model version (free text from a producer) with a link and emphasis is shown, not rendered."""
+    from datetime import datetime, timedelta, timezone
+
+    from storage.results import store_results
+    from tests.storage.helpers import make_result
+
+    db, _ = seeded
+    evil = "[phish](http://evil.example) **b** www.evil.example"
+    r = make_result(1, camera="cam__x__", anomalous=True, model_version=evil,
+                    captured_at=datetime.now(timezone.utc) + timedelta(minutes=1), prefix="plain")
+    store_results(db.engine, db.blobs, [r])
+    at = page("review", "olga", "operator").run()
+    assert not at.exception
+    body = next(m.value for m in at.markdown if "**Model**" in m.value)
+    assert "[phish](" not in body and "**b**" not in body and "**Camera** cam__x__" not in body
+    assert r"\[phish\]\(http\:\/\/evil\.example\)" in body and r"cam\_\_x\_\_" in body
