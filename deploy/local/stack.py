@@ -320,9 +320,21 @@ class Stack:
         if users:
             return None
         password = secrets.token_urlsafe(12)
+        # kept in a file only the owner can read, written before the user exists, so a first start that
+        # is interrupted (e.g. while the first model trains) never loses the only copy
+        secret = self.admin_password_file
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
         _run([str(BIN / "linewatch-storage"), "users", "add", self.args.admin_user, "--role", "admin"], self.env,
              storage_log, "creating the first admin", stdin=password + "\n", interrupted=self.interrupted)
+        log.info("first dashboard login: user %s  password %s  (also in %s, readable only by you: delete it "
+                 "after your first login)", self.args.admin_user, password, secret)
         return password
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.state / "first-admin-password"
 
     def active_model(self) -> Path | None:
         """The product's active version in the model store (<data>/models/<product>/active.json)."""
@@ -539,8 +551,11 @@ class Stack:
         lines = ["", "linewatch is running", f"  dashboard:  {self.dashboard_url}"]
         if password:
             lines += [f"  first login: user {a.admin_user}  password {password}",
-                      "               (shown only this once; change it on the dashboard's Users page,",
-                      "                or: linewatch-storage users passwd admin)"]
+                      f"               (also in {self.admin_password_file}, readable only by you: delete it",
+                      "                after your first login; change the password on the Users page)"]
+        elif self.admin_password_file.exists():
+            lines += [f"  first login: user {a.admin_user}, password in {self.admin_password_file}",
+                      "               (readable only by you; delete it after your first login)"]
         else:
             lines += ["  log in with your dashboard account (the first admin was shown at the first start;",
                       f"   reset with: LINEWATCH_DATA_DIR={self.data} linewatch-storage users passwd {a.admin_user})"]
