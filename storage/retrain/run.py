@@ -78,8 +78,8 @@ def retrain(engine: Engine, blobs: BlobStore, store: ModelStore, product: str,
 
         t0 = time.perf_counter()
         stage("train")
-        tmp_ckpt: Path | None = train_candidate(g, blobs, store, product, active_path, active_ver, (since, now),
-                                                settings, progress=progress, transform=train_transform)
+        tmp_ckpt: Path | None = train_candidate(g, store, product, active_path, active_ver, (since, now), settings,
+                                                progress=progress, transform=train_transform)
         try:
             train_min = (time.perf_counter() - t0) / 60
             stage("evaluate")

@@ -1,10 +1,8 @@
-"""Step 3: the candidate, warm-started from the active model -- the one place that calls the
-detector's training."""
+"""Step 3: the candidate, warm-started from the active model, trained on the gathered captures in
+memory -- the one place that calls the detector's training."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -13,30 +11,25 @@ import numpy as np
 
 from detector.model_store import ModelStore
 
-from ..blobs import BlobStore
 from .gather import Capture, Gathered
 from .settings import RetrainSettings
 
 
-def train_candidate(g: Gathered, blobs: BlobStore, store: ModelStore, product: str, active_path: Path,
-                    active_version: str, window: tuple[datetime | None, datetime], settings: RetrainSettings, *,
-                    progress: bool = True, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Path:
-    """Train on ``g.train``, calibrate for ``settings.target_far``; -> a temporary checkpoint in the
-    store (the caller installs it or deletes it)."""
+def train_candidate(g: Gathered, store: ModelStore, product: str, active_path: Path, active_version: str,
+                    window: tuple[datetime | None, datetime], settings: RetrainSettings, *, progress: bool = True,
+                    transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Path:
+    """Train on ``g.train`` (the decoded captures, in memory), calibrate for ``settings.target_far``;
+    -> a temporary checkpoint in the store (the caller installs it or deletes it)."""
     from detector.checkpoint import save_checkpoint
-    from detector.workflow import train_from_folder
+    from detector.workflow import HoldoutOptions, train_on_images
 
     # settings the active model's family has are applied (the EAR + FADeR ones to EAR + FADeR)
     overrides = {"epochs_ear": settings.epochs_ear, "epochs_fader": settings.epochs_fader,
                  "batch_size": settings.batch_size, "lr": settings.lr, "fader_lr": settings.fader_lr}
-    work = Path(tempfile.mkdtemp(prefix=".tmp-retrain-", dir=store.product_dir(product)))
-    try:
-        data_root = _write_training_folder(work, g.train, blobs, transform)
-        summary = train_from_folder(data_root, None, overrides=overrides, product=product,
-                                    target_far=settings.target_far, seed=settings.seed, device=settings.device,
-                                    progress=progress, init_checkpoint=active_path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    images = [_rgb(c, transform) for c in g.train]
+    summary = train_on_images(images, product, init_checkpoint=active_path, overrides=overrides,
+                              holdout=HoldoutOptions(target_far=settings.target_far), seed=settings.seed,
+                              device=settings.device, progress=progress)
     since, until = window
     meta = dict(summary["meta"])
     meta["training_data"] = {**meta.get("training_data", {}), "root": f"registry:{product}",
@@ -52,18 +45,6 @@ def train_candidate(g: Gathered, blobs: BlobStore, store: ModelStore, product: s
     return Path(tmp_ckpt)
 
 
-def _write_training_folder(root: Path, captures: list[Capture], blobs: BlobStore,
-                           transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Path:
-    """MVTec layout (``train/good``) of the original image bytes, for the detector's training API."""
-    import cv2
-
-    good = root / "data" / "train" / "good"
-    good.mkdir(parents=True)
-    for i, c in enumerate(captures):
-        if transform is not None:
-            assert c.rgb is not None
-            cv2.imwrite(str(good / f"{i:05d}.png"), cv2.cvtColor(transform(c.rgb), cv2.COLOR_RGB2BGR))
-            continue
-        ext = ".png" if c.content_type == "image/png" else ".jpg"
-        (good / f"{i:05d}{ext}").write_bytes(blobs.get(c.blob_key))
-    return root / "data"
+def _rgb(c: Capture, transform: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    assert c.rgb is not None, "captures are decoded when gathered"
+    return c.rgb if transform is None else transform(c.rgb)
