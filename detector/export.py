@@ -169,11 +169,11 @@ def _onnx_export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> 
 
 
 @contextlib.contextmanager
-def _quiet(*loggers: str):
-    """Raise the named loggers to WARNING for the duration (their INFO lines are pass-by-pass chatter)."""
+def _quiet(*loggers: str, level: int = logging.WARNING):
+    """Raise the named loggers to ``level`` for the duration (exporter and quantiser chatter)."""
     saved = {n: logging.getLogger(n).level for n in loggers}
     for n in loggers:
-        logging.getLogger(n).setLevel(logging.WARNING)
+        logging.getLogger(n).setLevel(level)
     try:
         yield
     finally:
@@ -187,7 +187,9 @@ def set_onnx_metadata(path: Path, metadata: dict[str, Any]) -> None:
     model = onnx.load(str(path))
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, {f"linewatch.{k}": json.dumps(v) for k, v in metadata.items()})
-    onnx.save(model, str(path))
+    # one self-contained file: the exporter may have put the weights in a "<name>.data" sidecar
+    onnx.save(model, str(path), save_as_external_data=False)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)
 
 
 def read_model_metadata(path: str | Path) -> dict[str, Any]:
@@ -256,7 +258,7 @@ def quantize_int8(fp32_onnx: Path, int8_onnx: Path, calibration: np.ndarray, bat
         def get_next(self):
             return next(self._it, None)
 
-    with warnings.catch_warnings(), _quiet("root"), tempfile.TemporaryDirectory() as tmp:
+    with warnings.catch_warnings(), _quiet("root", level=logging.ERROR), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
         source = Path(tmp) / "pre.onnx"
         try:  # shape inference + graph clean-up, as ONNX Runtime recommends before quantising

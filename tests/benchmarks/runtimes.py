@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="also export and measure int8 models")
     p.add_argument("--backends", default="torch,torchscript,onnxruntime,openvino",
                    help="comma-separated backends to measure (default all four)")
+    p.add_argument("--formats", default="onnx,openvino,torchscript",
+                   help="export formats (default all three; OpenVINO also runs the ONNX export, so 'onnx' alone "
+                        "measures both ONNX backends)")
+    p.add_argument("--reuse", action="store_true", help="keep exports already in --out (their parity file stands)")
     p.add_argument("--seconds", type=float, default=6.0, help="timing per batch size per row (default 6)")
     p.add_argument("--threads", type=int, default=2, help="inference threads for every backend (default 2)")
     p.add_argument("--max-images", type=int, default=200, help="test images for parity and AUROC (default 200)")
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = build_parser().parse_args(argv)
     from detector.export import ExportError, export_checkpoint
-    from detector.runtimes import available_backends
+    from detector.runtimes import FORMAT_BACKENDS, available_backends, is_export, read_export
 
     out = Path(args.out)
     wanted = [b for b in args.backends.split(",") if b]
@@ -109,13 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         name = Path(ckpt).stem
         exports: dict[str, Any] = {}
         family = name
-        for fmt, backends in (("onnx", ("onnxruntime",)), ("openvino", ("openvino",)), ("torchscript", ("torchscript",))):
-            if not any(b in wanted and b in have for b in backends):
+        for fmt in args.formats.split(","):
+            if not any(b in wanted and b in have for b in FORMAT_BACKENDS[fmt]):
                 continue
             t = time.perf_counter()
             try:
-                info = export_checkpoint(ckpt, fmt, out / name / fmt, args.data,
-                                         int8=args.int8 and fmt != "torchscript", max_images=args.max_images)
+                if args.reuse and is_export(out / name / fmt):
+                    info = read_export(out / name / fmt)
+                else:
+                    info = export_checkpoint(ckpt, fmt, out / name / fmt, args.data,
+                                             int8=args.int8 and fmt != "torchscript", max_images=args.max_images)
             except ExportError as e:  # a format this family cannot export: say so, measure the others
                 exports[fmt] = {"error": str(e)}
                 print(f"{name}: {fmt} export failed: {e}", flush=True)
@@ -129,14 +136,17 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             family = info.metadata.get("family") or name
         results["checkpoints"][name] = {"path": ckpt, "family": family, "exports": exports}
-        rows = [("torch", "fp32", ckpt)] if "torch" in wanted else []
-        for fmt, backend in (("torchscript", "torchscript"), ("onnx", "onnxruntime"), ("openvino", "openvino")):
-            if "models" in exports.get(fmt, {}) and backend in wanted:
-                rows += [(backend, prec, exports[fmt]["dir"]) for prec in exports[fmt]["models"]]
-        for backend, prec, path in rows:
+        rows = {("torch", "fp32"): ("checkpoint", ckpt)} if "torch" in wanted else {}
+        for fmt, exp in exports.items():  # each (backend, precision) once, from the first format that has it
+            for backend in FORMAT_BACKENDS[fmt]:
+                for prec in exp.get("models", {}):
+                    if backend in wanted and backend in have:
+                        rows.setdefault((backend, prec), (fmt, exp["dir"]))
+        for (backend, prec), (source, path) in rows.items():
             spec = {"path": str(path), "backend": backend, "precision": prec, "data": args.data,
                     "threads": args.threads, "seconds": args.seconds, "max_images": args.max_images}
-            res = {"checkpoint": name, "family": family, "backend": backend, "precision": prec, **_run_row(spec)}
+            res = {"checkpoint": name, "family": family, "backend": backend, "precision": prec, "source": source,
+                   **_run_row(spec)}
             results["rows"].append(res)
             print(_line(res), flush=True)
     results["load_after"] = os.getloadavg()
@@ -154,7 +164,7 @@ def _line(r: dict[str, Any]) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = ["| family | backend | precision | frames/s b1 | frames/s b8 | x torch (b8) | CPU ms/frame b8 | "
+    lines = ["| family | backend (model file) | precision | frames/s b1 | frames/s b8 | x torch (b8) | CPU ms/frame b8 | "
              "peak RSS MiB | image AUROC |", "|---|---|---|---|---|---|---|---|---|"]
     base = {r["checkpoint"]: r["fps_b8"] for r in results["rows"] if r["backend"] == "torch" and "fps_b8" in r}
     for r in results["rows"]:
@@ -162,7 +172,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r['family']} | {r['backend']} | {r['precision']} | error: {r['error']} |||||| ")
             continue
         ratio = f"{r['fps_b8'] / base[r['checkpoint']]:.2f}" if r["checkpoint"] in base else "-"
-        lines.append(f"| {r['family']} | {r['backend']} | {r['precision']} | {r['fps_b1']:.1f} | {r['fps_b8']:.1f} | "
+        lines.append(f"| {r['family']} | {r['backend']} ({r['source']}) | {r['precision']} | {r['fps_b1']:.1f} | {r['fps_b8']:.1f} | "
                      f"{ratio} | {r['cpu_ms_per_frame_b8']:.0f} | {r['peak_rss_mib']:.0f} | {r['image_auroc']:.4f} |")
     return "\n".join(lines)
 

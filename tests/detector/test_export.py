@@ -221,6 +221,7 @@ def test_every_family_exports_and_its_export_predicts_like_the_checkpoint(family
     assert (stored["family"], stored["product"], stored["version"], stored["image_size"]) == \
         (family, "toy", want.version, want.image_size)
     assert stored["threshold"] == pytest.approx(threshold)
+    assert sorted(p.name for p in out.iterdir()) == ["linewatch-export.json", "model.onnx", "parity.json"]
     parity = read_export(out).parity
     assert parity["n_images"] == len(frames) and set(parity["backends"]) == {"onnxruntime", "openvino"}
 
