@@ -31,7 +31,8 @@ def cell_topq_mask(saliency: torch.Tensor, m: int, q: float) -> torch.Tensor:
     """
     cells = F.avg_pool2d(saliency.float(), m, m)  # [B,1,h,w]
     flat = cells.flatten(1)
-    k = max(1, min(flat.shape[1], int(round(q * flat.shape[1]))))
+    n = int(flat.shape[1])  # a plain int: the cell count is fixed by the input size (TorchScript traces it)
+    k = max(1, min(n, int(round(q * n))))
     thr = flat.topk(k, dim=1).values[:, -1:]  # k-th largest per image
     cell_mask = (flat >= thr).to(saliency.dtype if saliency.is_floating_point() else torch.float32)
     cell_mask = cell_mask.view_as(cells)
