@@ -200,7 +200,7 @@ def test_operator_cannot_open_thresholds(server, page, request):
 def test_engineer_opens_thresholds(server, page, request):
     base, _db, _sd = server
     login(page, base, "erik")
-    everything = ["Live", "Review", "History", "Thresholds"]
+    everything = ["Live", "Review", "History", "Thresholds", "Models"]
     assert nav_links(page, everything) == everything
     open_page(page, "Thresholds")
     page.get_by_role("heading", name="Thresholds").wait_for()

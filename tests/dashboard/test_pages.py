@@ -191,7 +191,8 @@ def test_live_drift_from_metrics_url(seeded, monkeypatch):
         at = page("live", "olga", "operator").run()
     assert not at.exception
     warnings = [str(w.value) for w in at.warning]
-    assert warnings == ["Camera cam-a1 drifts from what model v1 was calibrated on: DRIFTING (score PSI 3.62, "
+    # the camera id and model version come from the camera side: Markdown-escaped, shown literally
+    assert warnings == ["Camera cam\\-a1 drifts from what model v1 was calibrated on: DRIFTING (score PSI 3.62, "
                         "sharpness -75.9 std). Check the lens, the lighting and the camera's position."]
     cams = at.dataframe[-1].value
     drift = dict(zip(cams["camera"], cams["drift"]))
