@@ -15,6 +15,7 @@ import pytest
 from kafka import KafkaProducer
 from sqlalchemy import select
 
+from detector.service.imaging import is_sampled
 from ingest.frames import encode_image
 from ingest.messages import FrameMeta
 from ingest.producer import publish_folder
@@ -101,7 +102,7 @@ def test_frames_to_rows_scores_match_and_bad_messages_are_dead_lettered(pipeline
     assert sorted(r.frame_id for r in rows) == sorted(m.frame_id for m in metas)
     det, direct = _direct_predictions(pipeline_checkpoint, files)
     by_key = {(m.camera_id, m.frame_id): m for m in metas}
-    flagged = sampled = 0
+    flagged = 0
     for r in rows:
         meta = by_key[(r.camera_id, r.frame_id)]
         score, verdict, amap = direct[meta.part_id]
@@ -119,9 +120,12 @@ def test_frames_to_rows_scores_match_and_bad_messages_are_dead_lettered(pipeline
         if r.is_anomalous:
             assert r.frame_reason == "flagged" and r.frame_image_id is not None
             flagged += 1
-        elif r.frame_reason == "sampled":
-            sampled += 1
-    assert flagged >= len(metas_b) and sampled > 0
+        else:  # a normal frame is kept exactly when the per-frame-id sampling rule says so
+            assert (r.frame_reason == "sampled") == is_sampled(r.frame_id, 0.5), r.frame_id
+            assert (r.frame_image_id is not None) == (r.frame_reason == "sampled"), r.frame_id
+    # how many camera-A frames the tiny model flags varies with its training: the per-row rules above are
+    # what must hold, whatever the split
+    assert flagged >= len(metas_b)
 
     # the stored heatmap dequantises to the detector's map (within one quantisation step)
     one = next(r for r in rows if r.frame_id == metas_a[1].frame_id)  # a 96x80 frame
