@@ -26,6 +26,12 @@ Tables
 ``users``
     Dashboard accounts: argon2 hash, role, active flag, failed-login counters for rate
     limiting (see :mod:`storage.users`).
+``login_sessions``
+    Dashboard logins that survive a reload: the sha256 of a random token (the token itself
+    lives only in the browser's HttpOnly cookie), the user, expiry, revocation (see
+    :mod:`storage.sessions`).
+``login_address_failures``
+    Failed dashboard logins per client address, for throttling (see :mod:`storage.users`).
 ``model_versions``
     The model registry: per product, artifact path + sha256, parent, training
     window + data fingerprint, metrics, threshold, status, who promoted it and when.  At
@@ -274,6 +280,34 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (CheckConstraint(_in("role", ROLES), name="role"),)
+
+
+class LoginSession(Base):
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(Integer, ForeignKey("users.id", ondelete="CASCADE"))
+    # sha256 hex of the cookie's token; NULL until the browser has taken it (see storage.sessions)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # sha256 hex of the one-time code the browser exchanges for the token
+    handoff_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship()
+
+    __table_args__ = (Index(None, "user_id", "revoked_at"), Index(None, "expires_at"))
+
+
+class LoginAddressFailure(Base):
+    __tablename__ = "login_address_failures"
+
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_failed_at: Mapped[datetime]
+    blocked_until: Mapped[datetime | None]
 
 
 class ModelVersion(Base):

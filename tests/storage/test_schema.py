@@ -19,7 +19,7 @@ from storage.settings import StorageSettings
 from .fixtures import make_test_database
 
 TABLES = {"lines", "cameras", "camera_threshold_changes", "inspections", "images", "blobs", "feedback",
-          "users", "model_versions", "alembic_version"}
+          "users", "login_sessions", "login_address_failures", "model_versions", "alembic_version"}
 
 
 def test_migrations_up_from_empty_match_models(storage_backend, tmp_path):
