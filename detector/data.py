@@ -23,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .drift import image_stats
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -179,14 +181,18 @@ class LoadedImages:
     samples: list[Sample]
     masks: np.ndarray | None = None  # bool [N,S,S] (test sets)
     skipped: list[str] = field(default_factory=list)  # "path: reason"
+    stats: np.ndarray | None = None  # float [N,3]: drift statistics of each full-resolution image
 
 
 def load_images(samples: list[Sample], size: int, with_masks: bool = False, progress: bool = False,
-                desc: str = "loading") -> LoadedImages:
-    """Decode + resize; corrupt images are skipped (listed in ``skipped`` and logged)."""
+                desc: str = "loading", with_stats: bool = False) -> LoadedImages:
+    """Decode + resize; corrupt images are skipped (listed in ``skipped`` and logged).
+
+    ``with_stats``: also each image's :func:`detector.drift.image_stats`, taken before the resize
+    (the detector service takes them from the frames as the cameras send them)."""
     from tqdm.auto import tqdm
 
-    imgs, kept, masks, skipped = [], [], [], []
+    imgs, kept, masks, skipped, stats = [], [], [], [], []
     for s in tqdm(samples, desc=desc, disable=not progress, leave=False):
         try:
             img = read_image(s.path)
@@ -204,11 +210,14 @@ def load_images(samples: list[Sample], size: int, with_masks: bool = False, prog
                     log.info("skipping image with corrupt mask %s", e)
                     continue
             masks.append(m)
+        if with_stats:
+            stats.append(image_stats(img))
         imgs.append(resize_square(img, size))
         kept.append(s)
     arr = np.stack(imgs) if imgs else np.zeros((0, size, size, 3), np.uint8)
     marr = (np.stack(masks) if masks else np.zeros((0, size, size), bool)) if with_masks else None
-    return LoadedImages(arr, kept, marr, skipped)
+    sarr = np.array(stats, np.float64).reshape(-1, 3) if with_stats else None
+    return LoadedImages(arr, kept, marr, skipped, sarr)
 
 
 def to_tensor(images: np.ndarray, device) -> "torch.Tensor":

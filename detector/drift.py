@@ -8,9 +8,14 @@ Per camera and model version, over a sliding window of recent frames (:class:`Dr
   deviation, sharpness = log of the variance of the Laplacian), the shift of the window's mean
   from the reference mean in reference standard deviations.
 
-The reference is a :class:`DriftReference`: stored in the checkpoint's meta under
-``drift_reference`` when training wrote one, otherwise the first ``baseline_frames`` frames the
-camera sent to that model version (so start a monitor on a healthy camera).
+The reference is a :class:`DriftReference`, made at training time (:func:`training_reference`)
+and stored in the checkpoint's meta under ``drift_reference`` (product -> reference): the image
+statistics of every full-resolution training image, and the score bins of the held-out normals the
+threshold was calibrated on.  Score bins need ``MIN_PER_BIN`` held-out scores each (fewer bins
+when there are few, none below two bins' worth: then only the image statistics are watched).
+A checkpoint written before training stored a reference falls back to the first
+``baseline_frames`` frames the camera sends to that model version (logged once per version;
+start such a monitor on a healthy camera).
 
 Default rule (:class:`DriftSettings`, and the Prometheus rules in ``deploy/prometheus/``): a
 camera drifts when the score PSI is above 0.25 (the usual "significant shift") or an image
@@ -22,6 +27,7 @@ normal part-to-part variation does not (tests/detector/test_drift.py).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable
@@ -33,7 +39,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+log = logging.getLogger(__name__)
+
 STATS: tuple[str, ...] = ("brightness", "contrast", "sharpness")
+MIN_PER_BIN = 10  # reference scores per score bin: fewer make the bin edges themselves noise
 _STAT_SIDE = 128  # statistics on a copy at most this large: the same numbers whatever the camera resolution
 
 
@@ -174,6 +183,7 @@ class DriftMonitor:
         self.settings = settings or DriftSettings()
         self.tracks: dict[tuple[str, str], _Track] = {}
         self._version_of: dict[str, str] = {}
+        self._told_fallback: set[str] = set()
         self.gauges = None
         if registry is not None:
             from prometheus_client import Gauge
@@ -201,7 +211,13 @@ class DriftMonitor:
             old = self._version_of.get(camera)
             if old is not None and old != model_version:
                 self._forget((camera, old))
-            track = self.tracks[key] = _Track(self.settings, reference() if callable(reference) else reference)
+            ref = reference() if callable(reference) else reference
+            if ref is None and model_version not in self._told_fallback:
+                self._told_fallback.add(model_version)
+                log.warning("model %s has no drift reference from training (an older checkpoint): each camera's "
+                            "first %d frames to it become the reference; retrain to compare with the training set",
+                            model_version, self.settings.baseline_frames)
+            track = self.tracks[key] = _Track(self.settings, ref)
             self._version_of[camera] = model_version
         status = track.observe(score, image_stats(image) if stats is None else stats)
         if self.gauges is not None and status.phase == "monitoring":
@@ -226,7 +242,18 @@ class DriftMonitor:
                     pass
 
 
-def reference_from_meta(meta: dict[str, Any]) -> DriftReference | None:
-    """The checkpoint's ``drift_reference`` when training stored one."""
-    ref = meta.get("drift_reference")
-    return DriftReference.model_validate({**ref, "source": "checkpoint"}) if ref else None
+def training_reference(scores: np.ndarray, stats: np.ndarray, bins: int = 10) -> DriftReference:
+    """The reference training stores: ``stats`` of the full-resolution training images, score bins
+    from the held-out normals' ``scores`` (at most ``len(scores) // MIN_PER_BIN`` bins; none below 2)."""
+    n_bins = min(bins, len(scores) // MIN_PER_BIN)
+    ref = DriftReference.from_samples(scores, stats, max(n_bins, 2), source="training")
+    if n_bins < 2:
+        ref.score_edges = []
+    return ref.model_copy(update={"n": int(len(stats))})
+
+
+def reference_from_meta(meta: dict[str, Any], product: str | None = None) -> DriftReference | None:
+    """The reference training stored in a checkpoint's meta for ``product`` (or its only product)."""
+    refs = meta.get("drift_reference") or {}
+    ref = refs.get(product) if product in refs else (next(iter(refs.values())) if len(refs) == 1 else None)
+    return DriftReference.model_validate(ref) if ref else None

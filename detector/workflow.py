@@ -20,6 +20,7 @@ import torch
 from .checkpoint import load_model, read_checkpoint, save_checkpoint
 from .data import DatasetError, MVTecFolder, holdout_split, load_images, to_tensor
 from .device import resolve_device
+from .drift import image_stats as frame_stats, training_reference
 from .calibration import calibrate
 from .models import DEFAULT_MODEL, resolve_model
 from .models.registry import ModelFamily, TrainingSet, family_of
@@ -60,13 +61,13 @@ def training_set(images: dict[str, np.ndarray], seed: int, holdout: HoldoutOptio
     return TrainingSet(torch.cat(train), torch.cat(val), train_p, val_p, fingerprint, list(skipped))
 
 
-def _load_folder(ds: MVTecFolder, size: int, progress: bool) -> tuple[np.ndarray, list[str]]:
-    loaded = load_images(ds.train, size, progress=progress, desc=f"train images ({ds.name})")
+def _load_folder(ds: MVTecFolder, size: int, progress: bool) -> tuple[np.ndarray, list[str], np.ndarray]:
+    loaded = load_images(ds.train, size, progress=progress, desc=f"train images ({ds.name})", with_stats=True)
     if len(loaded.images) < 2:
         why = f" ({len(loaded.skipped)} corrupt skipped, e.g. {loaded.skipped[0]})" if loaded.skipped else ""
         raise DatasetError(f"dataset {ds.root} has {len(loaded.images)} readable training images; "
                            f"at least 2 are needed{why}")
-    return loaded.images, loaded.skipped
+    return loaded.images, loaded.skipped, loaded.stats
 
 
 def _fingerprint(parts: Sequence[str]) -> str:
@@ -99,7 +100,8 @@ def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | N
                 overrides: dict[str, Any] | None = None, product: str | None = None,
                 holdout: HoldoutOptions | None = None, seed: int = 0, device: str = "auto",
                 progress: bool = True, init_checkpoint: str | Path | None = None,
-                workspace: dict[str, Any] | None = None, configs: tuple[Any, Any] | None = None) -> dict[str, Any]:
+                workspace: dict[str, Any] | None = None, configs: tuple[Any, Any] | None = None,
+                image_stats: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Train, calibrate, evaluate (when a test split exists), save (when ``out``) -> summary.
 
     The normal images come either from MVTec-layout folders (``data``: one per product; several make
@@ -110,6 +112,11 @@ def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | N
     cpu | gpu | auto; ``overrides``: config / train-config fields; ``configs``: explicit
     (config, train config) instead.  ``init_checkpoint`` (warm start, nightly retraining): continue
     from that checkpoint with its family, architecture and choices.
+
+    The checkpoint stores a drift reference per product (:func:`detector.drift.training_reference`):
+    the image statistics of the full-resolution training images -- read from the folders, or given
+    as ``image_stats`` (product -> ``[N,3]``) with in-memory ``images``, which are already resized
+    -- and the held-out normals' scores.  In-memory images without ``image_stats`` get none.
     """
     holdout = holdout or HoldoutOptions()
     dev = resolve_device(device)
@@ -129,6 +136,7 @@ def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | N
     folders = [MVTecFolder.open(d) for d in data]
     skipped: list[str] = []
     prints: list[str] = []
+    stats: dict[str, np.ndarray] = dict(image_stats or {})
     if images is None:
         if not folders:
             raise DatasetError("no training data given")
@@ -137,7 +145,7 @@ def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | N
             name = product if (product and len(folders) == 1) else ds.name
             if name in images:
                 raise DatasetError(f"two training folders are named {name!r}: give each product its own name")
-            images[name], sk = _load_folder(ds, size, progress)
+            images[name], sk, stats[name] = _load_folder(ds, size, progress)
             skipped += sk
             prints.append(ds.fingerprint())
     else:
@@ -169,6 +177,12 @@ def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | N
         "seed": seed,
         "timings_min": timings,
     }
+    if all(p in stats for p in products):
+        meta["drift_reference"] = {p: training_reference(val_scores[val_p == p], stats[p]).model_dump()
+                                   for p in products}
+    else:
+        log.info("no full-resolution image statistics for %s: the checkpoint gets no drift reference",
+                 ", ".join(p for p in products if p not in stats))
     if len(products) > 1:
         meta["products"] = products
         meta["thresholds"] = thresholds
@@ -215,10 +229,12 @@ def train_on_images(images: Sequence[np.ndarray], product: str, *, init_checkpoi
     else:
         _, _, cfg, _ = resolve_configs(model, "auto", dev, overrides)
         size = int(cfg.image_size)
-    arr = np.stack([resize_square(to_rgb(np.asarray(f)), size) for f in images]) if len(images) else \
-        np.zeros((0, size, size, 3), np.uint8)
+    rgb = [to_rgb(np.asarray(f)) for f in images]
+    arr = np.stack([resize_square(f, size) for f in rgb]) if rgb else np.zeros((0, size, size, 3), np.uint8)
+    stats = np.array([frame_stats(f) for f in rgb], np.float64).reshape(-1, 3)
     return train_model({product: arr}, None, model=model, overrides=overrides, product=product, holdout=holdout,
-                       seed=seed, device=device, progress=progress, init_checkpoint=init_checkpoint)
+                       seed=seed, device=device, progress=progress, init_checkpoint=init_checkpoint,
+                       image_stats={product: stats})
 
 
 def train_from_folder(data_root: str | Path, out: str | Path | None, *, model: str | None = None,

@@ -268,7 +268,7 @@ class DetectorService:
         det = it.route.detector
         try:
             self.drift.observe(it.frame.meta.camera_id, det.version, score, it.frame.rgb,
-                               reference=lambda: reference_from_meta(det.meta))
+                               reference=lambda: reference_from_meta(det.meta, it.frame.meta.product))
         except Exception:  # noqa: BLE001 - monitoring must never cost a frame its result
             log.exception("drift monitoring failed for frame %s", it.frame.meta.frame_id)
 

@@ -1,5 +1,6 @@
 """Drift monitoring on the line simulator: a dirty lens and dimmed light raise the alert within
-5 minutes at 2 frames/s; 24 simulated hours of normal part-to-part variation raise none."""
+5 minutes at 2 frames/s; 24 simulated hours of normal part-to-part variation raise none -- against
+the reference training stored in the checkpoint, and against the first frames (older checkpoints)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.drift import STATS, DriftMonitor, DriftReference, DriftSettings, image_stats, psi
-from ingest.simulator import LineSimulator, apply_fault
+from detector.checkpoint import read_checkpoint
+from detector.drift import (STATS, DriftMonitor, DriftReference, DriftSettings, image_stats, psi, reference_from_meta,
+                            training_reference)
+from ingest.simulator import LineSimulator, apply_fault, write_normal_parts
 from tests.retrain.conftest import tiny_checkpoint  # noqa: F401,F811  (the real tiny detector, session-scoped)
 
 FPS = 2.0
@@ -37,38 +40,58 @@ def normal_pool(detector):
     return imgs, np.asarray(detector.score_images(imgs), np.float64)
 
 
-def _healthy_start(monitor: DriftMonitor, pool, rng, n: int) -> None:
+@pytest.fixture(scope="module")
+def trained_reference(tiny_checkpoint) -> DriftReference:
+    ref = reference_from_meta(read_checkpoint(tiny_checkpoint)[1], "flange")
+    assert ref is not None
+    return ref
+
+
+def _reference(kind: str, request) -> DriftReference | None:
+    return request.getfixturevalue("trained_reference") if kind == "training" else None
+
+
+def _healthy_start(monitor: DriftMonitor, pool, rng, n: int, reference: DriftReference | None = None) -> None:
     imgs, scores = pool
     for k in rng.integers(0, len(imgs), n):
-        monitor.observe("cam-1", "v1", float(scores[k]), imgs[k])
+        monitor.observe("cam-1", "v1", float(scores[k]), imgs[k], reference=reference)
 
 
-def test_a_day_of_normal_variation_raises_nothing(normal_pool):
+@pytest.mark.parametrize("kind", ["training", "first frames"])
+def test_a_day_of_normal_variation_raises_nothing(kind, normal_pool, request):
     """24 hours at 2 frames/s, parts drawn at random from the normal pool (each part's image
     statistics computed once: the monitor's arithmetic is what runs 172,800 times)."""
+    reference = _reference(kind, request)
     monitor = DriftMonitor()
     imgs, scores = normal_pool
     stats = [image_stats(im) for im in imgs]
     rng = np.random.default_rng(7)
     worst_shift, worst_psi, alerts = 0.0, 0.0, 0
     for k in rng.integers(0, len(imgs), DAY):
-        st = monitor.observe("cam-1", "v1", float(scores[k]), None, stats=stats[k])
+        st = monitor.observe("cam-1", "v1", float(scores[k]), None, stats=stats[k], reference=reference)
         if st.phase == "monitoring" and st.frames >= monitor.settings.window_frames:
             worst_shift = max(worst_shift, max(abs(v) for v in st.shift.values()))
-            worst_psi = max(worst_psi, st.score_psi)
+            worst_psi = max(worst_psi, st.score_psi or 0.0)
         alerts += st.drifting
-    print(f"\n24 h normal: worst image shift {worst_shift:.2f} std, worst score PSI {worst_psi:.3f}, alerts {alerts}")
+    print(f"\n24 h normal ({kind} reference): worst image shift {worst_shift:.2f} std, "
+          f"worst score PSI {worst_psi:.3f}, alerts {alerts}")
     assert alerts == 0
-    assert worst_shift < monitor.settings.shift_alert and worst_psi > 0  # measured, and under the limit
+    assert 0 < worst_shift < monitor.settings.shift_alert  # measured, and under the limit
+    if reference is None or reference.score_edges:
+        assert worst_psi > 0
 
 
-@pytest.mark.parametrize("fault", ["dirty-lens", "dim", "shift"])
-def test_a_camera_fault_raises_the_alert_within_five_minutes(fault, normal_pool, detector):
+@pytest.mark.parametrize("fault,kind", [("dirty-lens", "training"), ("dim", "training"), ("dirty-lens", "first frames"),
+                                        ("dim", "first frames"), ("shift", "first frames")])
+def test_a_camera_fault_raises_the_alert_within_five_minutes(fault, kind, normal_pool, detector, request):
+    reference = _reference(kind, request)
     monitor = DriftMonitor()
     rng = np.random.default_rng(11)
     s = monitor.settings
-    _healthy_start(monitor, normal_pool, rng, s.baseline_frames + 2 * s.window_frames)  # reference + 4 quiet minutes
+    # (the first frames' reference +) 4 quiet minutes
+    _healthy_start(monitor, normal_pool, rng, s.baseline_frames + 2 * s.window_frames, reference)
     assert not monitor.tracks[("cam-1", "v1")].breach_run
+    assert (monitor.tracks[("cam-1", "v1")].reference.source == "training") == (kind == "training")
     after, j = None, 0
     while after is None and j < FIVE_MINUTES:  # rendered and scored a minute at a time, as they come
         faulty = _frames(5000 + j, 120, fault)
@@ -79,7 +102,7 @@ def test_a_camera_fault_raises_the_alert_within_five_minutes(fault, normal_pool,
                 break
             j += 1
     assert after is not None, f"{fault}: no alert in 5 minutes; last window {st}"
-    print(f"\n{fault}: alert after {after} frames ({after / FPS / 60:.1f} min at 2 frames/s): {st.reasons}")
+    print(f"\n{fault} ({kind} reference): alert after {after} frames ({after / FPS / 60:.1f} min at 2 frames/s): {st.reasons}")
     assert after <= FIVE_MINUTES
 
 
@@ -131,3 +154,39 @@ def test_the_simulator_faults_from_a_source_spec():
     assert frames[2].image.mean() < 0.7 * frames[1].image.mean()
     with pytest.raises(ValueError, match="unknown simulator fault 'fog'"):
         make_source("sim:fault=fog")
+
+
+def test_training_stores_the_statistics_of_its_full_resolution_images(tiny_checkpoint, trained_reference):
+    """The tiny checkpoint was trained on 24 simulated parts: its reference holds their statistics;
+    2 held-out normals are too few for score bins, so only the image statistics are watched."""
+    files = sorted((tiny_checkpoint.parent / "data" / "train" / "good").glob("*.png"))
+    expected = np.array([image_stats(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)) for f in files])
+    assert len(files) == 24 and trained_reference.n == 24 and trained_reference.source == "training"
+    assert trained_reference.stat_mean == pytest.approx(expected.mean(axis=0).tolist())
+    assert trained_reference.score_edges == []
+
+
+def test_statistics_are_taken_before_the_resize(tmp_path):
+    from detector.data import Sample, load_images, read_image
+
+    paths = write_normal_parts(tmp_path, 2, seed=5, width=512, height=384)
+    loaded = load_images([Sample(p, 0, "good") for p in paths], 32, with_stats=True)
+    full = image_stats(read_image(paths[0]))
+    assert loaded.stats[0] == pytest.approx(full)
+    assert abs(image_stats(loaded.images[0])[2] - full[2]) > 0.5  # sharpness depends on resolution
+
+
+def test_score_bins_need_enough_held_out_normals():
+    rng = np.random.default_rng(1)
+    stats = rng.normal(100, 5, size=(50, 3))
+    assert len(training_reference(rng.normal(size=32), stats).score_edges) == 2  # 3 bins of ~10
+    assert len(training_reference(rng.normal(size=500), stats).score_edges) == 9  # the usual deciles
+    assert training_reference(rng.normal(size=12), stats).score_edges == []  # too few: image statistics only
+
+
+def test_a_unified_model_has_one_reference_per_product():
+    stats = np.ones((20, 3))
+    meta = {"drift_reference": {p: training_reference(np.arange(40.0) + i, stats).model_dump()
+                                for i, p in enumerate(["a", "b"])}}
+    assert reference_from_meta(meta, "b").score_edges != reference_from_meta(meta, "a").score_edges
+    assert reference_from_meta(meta, "c") is None and reference_from_meta({}, "a") is None

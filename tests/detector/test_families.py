@@ -127,6 +127,12 @@ def test_warm_start_continues_the_active_family(toy_dataset, tmp_path):
                         device="cpu", progress=False)
     assert s["family"] == "crad" and s["meta"]["warm_start"]["checkpoint"] == str(first)
     assert s["meta"]["train_config"]["epochs"] == 2  # a setting CRAD has is applied, EAR's ignored
+    # the drift reference holds the statistics of the frames as given, before they were resized
+    from detector.drift import image_stats, reference_from_meta
+
+    ref = reference_from_meta(s["meta"], "toy")
+    assert ref.n == 3 * len(frames)
+    assert ref.stat_mean == pytest.approx(np.mean([image_stats(f) for f in frames], axis=0).tolist())
 
 
 def test_cpu_profile_is_the_default_on_a_cpu_and_fits_its_budget():

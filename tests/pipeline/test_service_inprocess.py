@@ -94,11 +94,13 @@ def test_results_not_acknowledged_are_neither_committed_nor_lost(kafka_test_sett
     ids = [InspectionResult.from_bytes(r.value).frame_id for r in results]
     assert set(ids) == {m.frame_id for m in metas}  # nothing lost; some may be there twice (at least once)
     assert not probe.read_topic("deadletter", idle_s=0.5)
-    # every scored frame reached the drift monitor, per camera and model version (still its baseline)
+    # every scored frame reached the drift monitor, per camera and model version, which compares
+    # them with the training set's reference stored in the checkpoint
     (camera, version), = service.drift.tracks
     track = service.drift.tracks[(camera, version)]
     assert camera == "cam-f" and version == Detector.load(pipeline_checkpoint, device="cpu").version
-    assert len(track.baseline_scores) >= 10 and track.reference is None
+    assert track.reference is not None and track.reference.source == "training"
+    assert len(track.window) >= 10 and not track.baseline_scores
 
 
 def test_an_inference_batch_is_bounded_by_decoded_pixels_too(kafka_settings, pipeline_checkpoint):
