@@ -3,7 +3,7 @@
 Per camera and model version, over a sliding window of recent frames (:class:`DriftMonitor`):
 
 * **score drift** -- the population-stability index (PSI) of the window's anomaly scores against
-  the reference scores, on the reference's decile bins (each holds a tenth of the reference);
+  the reference scores, on equal-mass bins of the reference (deciles when it has enough scores);
 * **image drift** -- per image statistic (brightness = mean grey level, contrast = its standard
   deviation, sharpness = log of the variance of the Laplacian), the shift of the window's mean
   from the reference mean in reference standard deviations.
@@ -17,8 +17,20 @@ A checkpoint written before training stored a reference falls back to the first
 ``baseline_frames`` frames the camera sends to that model version (logged once per version;
 start such a monitor on a healthy camera).
 
+Each frame id counts once per track (the last ``seen_frames`` are remembered): a batch the service
+redoes after a failed send, or a frame a camera sent twice, does not weigh double.
+
+The state is a sliding window that refills, on purpose not persisted: after a restart of the
+detector service the window starts empty against the checkpoint's training reference, the gauges
+are back with the first frame, a verdict comes after half a window and a fault that is still there
+is ``active`` again ``hold_frames`` later (3 minutes in all with the defaults; the Prometheus rules,
+2 minutes on the gauges, fire about 2 minutes after the restart).  A camera can also move to
+another detector replica at any consumer-group rebalance, where a per-process state file would be
+wrong anyway.  A checkpoint without a training reference learns it from the first frames after
+every start: restarted while a camera is faulty, it takes the fault for normal -- retrain it.
+
 Default rule (:class:`DriftSettings`, and the Prometheus rules in ``deploy/prometheus/``): a
-camera drifts when the score PSI is above 0.25 (the usual "significant shift") or an image
+camera drifts when the score PSI is above 0.5 (twice the usual 0.25 "significant shift") or an image
 statistic has moved by more than 4 reference standard deviations, continuously for
 ``hold_frames`` frames.  With the defaults (a 240-frame window, 240 frames held: 2 + 2 minutes
 at 2 frames/s) the simulator's dirty-lens and dim faults raise it within 5 minutes, and its
@@ -57,6 +69,8 @@ class DriftSettings(BaseSettings):
     psi_alert: float = Field(0.5, gt=0, description="score PSI above this is drift")
     shift_alert: float = Field(4.0, gt=0, description="an image statistic this many reference std away is drift")
     score_bins: int = Field(10, ge=2, le=50)
+    seen_frames: int = Field(4096, ge=1, description="frame ids remembered per camera: a frame scored again "
+                             "(a batch redone after a failed send, a duplicate from the camera) counts once")
 
 
 class DriftReference(BaseModel):
@@ -128,6 +142,9 @@ class _Track:
         self.baseline_stats: list[np.ndarray] = []
         self.window: deque[tuple[int, np.ndarray]] = deque()  # (score bin, image statistics)
         self.breach_run = 0
+        self.frame_ids: deque[str] = deque()  # the last seen_frames frame ids, oldest first
+        self._ids: set[str] = set()
+        self.last: DriftStatus | None = None
         if reference is not None:
             self._start(reference)
 
@@ -138,6 +155,16 @@ class _Track:
         self.stat_sum = np.zeros(len(STATS), np.float64)
         self.mean = np.asarray(reference.stat_mean, np.float64)
         self.std = np.asarray(reference.stat_std, np.float64)
+
+    def seen(self, frame_id: str) -> bool:
+        """True when ``frame_id`` was observed already; otherwise it is remembered."""
+        if frame_id in self._ids:
+            return True
+        self.frame_ids.append(frame_id)
+        self._ids.add(frame_id)
+        if len(self.frame_ids) > self.s.seen_frames:
+            self._ids.discard(self.frame_ids.popleft())
+        return False
 
     def observe(self, score: float, stats: np.ndarray) -> DriftStatus:
         if self.reference is None:
@@ -202,9 +229,10 @@ class DriftMonitor:
 
     def observe(self, camera: str, model_version: str, score: float, image: np.ndarray | None,
                 reference: DriftReference | Callable[[], DriftReference | None] | None = None,
-                stats: np.ndarray | None = None) -> DriftStatus:
+                stats: np.ndarray | None = None, frame_id: str | None = None) -> DriftStatus:
         """One scored frame (``image``, or its :func:`image_stats` already computed as ``stats``).
-        ``reference`` (or a function that returns it) is used when the track starts."""
+        ``reference`` (or a function that returns it) is used when the track starts.  A ``frame_id``
+        the track has seen already changes nothing (the status it returns is the last one)."""
         key = (camera, model_version)
         track = self.tracks.get(key)
         if track is None:
@@ -219,7 +247,9 @@ class DriftMonitor:
                             model_version, self.settings.baseline_frames)
             track = self.tracks[key] = _Track(self.settings, ref)
             self._version_of[camera] = model_version
-        status = track.observe(score, image_stats(image) if stats is None else stats)
+        if frame_id is not None and track.seen(frame_id) and track.last is not None:
+            return track.last
+        status = track.last = track.observe(score, image_stats(image) if stats is None else stats)
         if self.gauges is not None and status.phase == "monitoring":
             g = self.gauges
             if status.score_psi is not None:

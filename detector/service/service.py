@@ -104,7 +104,9 @@ class DetectorService:
         self.settings = settings
         self.holder = holder
         self.metrics = metrics or ServiceMetrics()
-        self.drift = DriftMonitor(DriftSettings(), self.metrics.registry)  # per camera and model version
+        drift = DriftSettings()  # per camera and model version; remembers more frame ids than a redone batch holds
+        drift.seen_frames = max(drift.seen_frames, 2 * settings.max_batch * settings.batches_per_commit)
+        self.drift = DriftMonitor(drift, self.metrics.registry)
         self.routing_factory = routing_factory
         self.reloader = reloader  # .store_reload.StoreReloader: model store changes (hot reload)
         self.max_frame_bytes = settings.max_frame_bytes or kafka.kafka_max_message_bytes
@@ -268,7 +270,8 @@ class DetectorService:
         det = it.route.detector
         try:
             self.drift.observe(it.frame.meta.camera_id, det.version, score, it.frame.rgb,
-                               reference=lambda: reference_from_meta(det.meta, it.frame.meta.product))
+                               reference=lambda: reference_from_meta(det.meta, it.frame.meta.product),
+                               frame_id=it.frame.meta.frame_id)
         except Exception:  # noqa: BLE001 - monitoring must never cost a frame its result
             log.exception("drift monitoring failed for frame %s", it.frame.meta.frame_id)
 

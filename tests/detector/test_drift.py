@@ -190,3 +190,45 @@ def test_a_unified_model_has_one_reference_per_product():
                                 for i, p in enumerate(["a", "b"])}}
     assert reference_from_meta(meta, "b").score_edges != reference_from_meta(meta, "a").score_edges
     assert reference_from_meta(meta, "c") is None and reference_from_meta({}, "a") is None
+
+
+def test_a_frame_scored_again_counts_once():
+    """A batch redone after a failed send brings the same frame ids back: the window must not
+    count them twice (nor the breach run grow)."""
+    s = DriftSettings(window_frames=20, baseline_frames=20, hold_frames=5, seen_frames=50)
+    ref = DriftReference.from_samples(np.linspace(0, 1, 100), np.tile([100.0, 40.0, 5.0], (100, 1)) +
+                                      np.random.default_rng(0).normal(0, 1, (100, 3)))
+    monitor = DriftMonitor(s)
+    dark = np.array([20.0, 40.0, 5.0])
+    for i in range(12):
+        monitor.observe("cam-1", "v1", 0.5, None, reference=ref, stats=dark, frame_id=f"f{i}")
+    track = monitor.tracks[("cam-1", "v1")]
+    before = (len(track.window), track.breach_run, track.stat_sum.copy())
+    assert before[:2] == (12, 3)  # over the limit since half a window
+    for i in range(12):  # the same batch again
+        again = monitor.observe("cam-1", "v1", 0.5, None, reference=ref, stats=dark, frame_id=f"f{i}")
+    assert (len(track.window), track.breach_run) == before[:2] and np.array_equal(track.stat_sum, before[2])
+    assert again is track.last and len(track.frame_ids) == 12
+    for i in range(12, 60):  # ids are remembered up to seen_frames, oldest forgotten first
+        monitor.observe("cam-1", "v1", 0.5, None, reference=ref, stats=dark, frame_id=f"f{i}")
+    assert len(track.frame_ids) == 50 and track.frame_ids[0] == "f10" and len(track.window) == 20
+
+
+def test_after_a_restart_the_window_refills_and_a_lasting_fault_is_back_within_three_minutes(trained_reference):
+    """Drift state is not persisted: a restarted service starts with an empty window against the
+    checkpoint's training reference; with the camera still dim, the alert is back after half a
+    window plus hold_frames (3 minutes at 2 frames/s)."""
+    monitor = DriftMonitor()  # the restarted service
+    s = monitor.settings
+    dim = [image_stats(im) for im in _frames(7000, 20, "dim")]
+    first = None
+    for i in range(s.window_frames):
+        st = monitor.observe("cam-1", "v1", 0.0, None, reference=trained_reference, stats=dim[i % len(dim)])
+        assert st.phase == "monitoring" and st.shift  # gauges from the first frame: nothing to learn first
+        first = first if first is not None or not st.breach else i
+    assert first == s.window_frames // 2 - 1
+    for i in range(s.window_frames, 2 * s.window_frames):
+        st = monitor.observe("cam-1", "v1", 0.0, None, reference=trained_reference, stats=dim[i % len(dim)])
+        if st.drifting:
+            break
+    assert st.drifting and i + 1 == s.window_frames // 2 - 1 + s.hold_frames and (i + 1) / FPS <= 180
