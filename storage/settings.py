@@ -6,6 +6,9 @@ variable                            default                                     
 ``LINEWATCH_DATA_DIR``              ``./var`` (relative to the working dir)      root of everything stored locally
 ``LINEWATCH_DATABASE_URL``          ``sqlite:///<data_dir>/linewatch.db``        SQLAlchemy URL; PostgreSQL as
                                                                                  ``postgresql+psycopg://u:p@h/db``
+``LINEWATCH_DATABASE_PASSWORD_FILE`` (none)                                      file holding the password (a Docker
+                                                                                 secret, a systemd credential), put
+                                                                                 into the URL; an empty file: none
 ``LINEWATCH_SQLITE_BUSY_TIMEOUT_MS`` ``30000``                                   how long SQLite waits for a lock
 ``LINEWATCH_BLOB_STORE``            ``local``                                    ``local`` or ``database``
 ``LINEWATCH_BLOB_DIR``              ``<data_dir>/blobs``                         root of the local blob store
@@ -44,7 +47,8 @@ class StorageSettings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="root of local state (SQLite file, blobs, models)")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir")
     database_password_file: Path | None = Field(
-        None, description="file holding the database password (a Docker / systemd secret), put into the URL")
+        None, description="file holding the database password (a Docker / systemd secret), put into the URL; "
+        "an empty file means none (the systemd units' default when no credential is installed, e.g. SQLite)")
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
 
     blob_store: Literal["local", "database"] = "local"
@@ -77,8 +81,9 @@ class StorageSettings(BaseSettings):
             except OSError as e:
                 raise ValueError(f"LINEWATCH_DATABASE_PASSWORD_FILE: cannot read {self.database_password_file}: "
                                  f"{e.strerror}") from None
-            self.database_url = make_url(self.database_url).set(password=password).render_as_string(
-                hide_password=False)
+            if password:
+                self.database_url = make_url(self.database_url).set(password=password).render_as_string(
+                    hide_password=False)
         return self
 
     @property

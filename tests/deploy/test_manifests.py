@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -335,6 +336,24 @@ def test_systemd_timer_runs_the_nightly_retraining():
         if "linewatch-kafka" in unit.name:
             continue
         assert "EnvironmentFile=/etc/linewatch/linewatch.env" in text, unit.name
+
+
+
+def test_systemd_database_password_is_a_credential_of_the_units_that_use_the_database():
+    """Not in linewatch.env (group-readable, every unit's environment): /etc/linewatch/db-password,
+    loaded as a credential by the units that talk to the database and by no other."""
+    database = {"init", "first-admin", "first-model", "writer", "dashboard", "retrain@"}
+    for unit in SYSTEMD.glob("*.service"):
+        text = unit.read_text()
+        lines = ["LoadCredential=db-password:/etc/linewatch/db-password", "SetCredential=db-password:\\n",
+                 "Environment=LINEWATCH_DATABASE_PASSWORD_FILE=%d/db-password"]
+        has = [re.search(rf"^{re.escape(line)}$", text, re.M) is not None for line in lines]
+        expected = unit.name.removeprefix("linewatch-").removesuffix(".service") in database
+        assert has == [expected] * 3, unit.name
+    env = (SYSTEMD / "linewatch.env.example").read_text()
+    urls = re.findall(r"^#?LINEWATCH_DATABASE_URL=(\S+)", env, re.M)
+    assert urls and all(make_url(u).password is None for u in urls)
+    assert "LINEWATCH_DATABASE_PASSWORD_FILE=" not in env  # it would override the units' credential path
 
 
 # ---------------------------------------------------------------------------------------- scheduler
