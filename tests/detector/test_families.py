@@ -22,7 +22,7 @@ from .conftest import masker_config
 TINY: dict[str, dict] = {
     "ear-fader": {"image_size": 64, "unet_channels": 8, "mosaic_scale": 8, "mask_quantile": 0.5, "auto_m": False,
                   "auto_q": False, "epochs_ear": 25, "epochs_fader": 8},
-    "crad": {"image_size": 64, "hidden": 16, "blocks": 1, "epochs": 12, "batch_size": 8},
+    "crad": {"image_size": 64, "hidden": 32, "blocks": 1, "epochs": 12, "batch_size": 8},
     # a random teacher (no distilled file in CI), PDN at 1/8 width, a fast and less selective hard loss
     "efficientad": {"image_size": 64, "net_size": 64, "width": 0.125, "ae_channels": 16, "pretrained": False,
                     "steps": 150, "batch_size": 4, "lr": 1e-3, "hard_quantile": 0.9, "penalty": False},

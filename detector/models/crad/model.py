@@ -25,18 +25,24 @@ from .config import CradConfig
 
 
 class FeatureExtractor(nn.Module):
-    """Frozen timm CNN: two consecutive stages, the deeper one upsampled to the shallower one's grid."""
+    """Frozen timm CNN: two consecutive stages, the deeper one upsampled to the shallower one's grid.
+
+    The network is pruned after the deeper stage (timm's ``prune_intermediate_layers``) and stops
+    there (``forward_intermediates``): the stages beyond it and the classifier are never computed.
+    """
 
     def __init__(self, cfg: CradConfig):
         super().__init__()
-        net = create_backbone(cfg.backbone, cfg.backbone_weights, cfg.pretrained, features_only=True,
-                              out_indices=cfg.feature_indices)
+        net = create_backbone(cfg.backbone, cfg.backbone_weights, cfg.pretrained)
+        self.indices = [int(i) for i in cfg.feature_indices]
+        info = [net.feature_info[i] for i in self.indices]
+        net.prune_intermediate_layers(self.indices, prune_head=True)
         self.net = freeze(net)
         mean, std = input_normalisation(net)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
-        self.channels = int(sum(net.feature_info.channels()))
-        self.stride = int(net.feature_info.reduction()[0])
+        self.channels = int(sum(i["num_chs"] for i in info))
+        self.stride = int(info[0]["reduction"])
 
     def train(self, mode: bool = True) -> "FeatureExtractor":  # always frozen, always eval
         return super().train(False)
@@ -44,7 +50,8 @@ class FeatureExtractor(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] ``[B,3,S,S]`` -> features ``[B,C,S/8,S/8]``."""
-        fine, coarse = self.net((x - self.mean) / self.std)
+        fine, coarse = self.net.forward_intermediates((x - self.mean) / self.std, indices=self.indices,
+                                                      intermediates_only=True, stop_early=True)
         coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
         return torch.cat([fine, coarse], dim=1).float()
 
@@ -125,5 +132,6 @@ class CradModel(nn.Module):
         amap = F.interpolate(self.anomaly_map(self.features(x)), size=x.shape[-2:], mode="bilinear",
                              align_corners=False)
         k = self.cfg.score_pool
-        pooled = F.avg_pool2d(amap, k, stride=1) if k > 1 else amap
+        # the k x k box average as two 1-D passes: the same values, 2k instead of k^2 additions per pixel
+        pooled = F.avg_pool2d(F.avg_pool2d(amap, (k, 1), stride=1), (1, k), stride=1) if k > 1 else amap
         return pooled.flatten(1).amax(dim=1), amap
