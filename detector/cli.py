@@ -257,6 +257,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(f"{cal.summary()} -> {res['checkpoint']} (version {res['version']})")
     if cal.warning:
         print(f"WARNING: {cal.warning}", file=sys.stderr)
+    if res["drift_reference_added"]:
+        print("the checkpoint had no drift reference: one was made from these images")
     _write_json(args.json, {**res, "calibration": {**cal.model_dump(), "warning": cal.warning}})
     return 0
 

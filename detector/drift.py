@@ -15,7 +15,8 @@ threshold was calibrated on.  Score bins need ``MIN_PER_BIN`` held-out scores ea
 when there are few, none below two bins' worth: then only the image statistics are watched).
 A checkpoint written before training stored a reference falls back to the first
 ``baseline_frames`` frames the camera sends to that model version (logged once per version;
-start such a monitor on a healthy camera).
+start such a monitor on a healthy camera); ``linewatch-detector calibrate`` gives it a reference
+from its calibration images (source ``calibration``) without retraining.
 
 Each frame id counts once per track (the last ``seen_frames`` are remembered): a batch the service
 redoes after a failed send, or a frame a camera sent twice, does not weigh double.
@@ -243,8 +244,8 @@ class DriftMonitor:
             if ref is None and model_version not in self._told_fallback:
                 self._told_fallback.add(model_version)
                 log.warning("model %s has no drift reference from training (an older checkpoint): each camera's "
-                            "first %d frames to it become the reference; retrain to compare with the training set",
-                            model_version, self.settings.baseline_frames)
+                            "first %d frames to it become the reference; retrain it, or give it one from normal "
+                            "images with linewatch-detector calibrate", model_version, self.settings.baseline_frames)
             track = self.tracks[key] = _Track(self.settings, ref)
             self._version_of[camera] = model_version
         if frame_id is not None and track.seen(frame_id) and track.last is not None:

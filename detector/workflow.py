@@ -286,7 +286,9 @@ def calibrate_checkpoint(ckpt: str | Path, images_dir: str | Path, target_far: f
                          device: str = "auto", progress: bool = True, product: str | None = None) -> dict[str, Any]:
     """Re-calibrate the threshold on a folder of normal-only images (no defects needed).
 
-    For a unified model, ``product`` names whose threshold this is (the others are kept).
+    For a unified model, ``product`` names whose threshold this is (the others are kept).  A
+    checkpoint without a drift reference for that product (one written before training stored
+    them) gets one from these images and their scores; a training reference is kept.
     """
     from .data import IMAGE_EXTS, Sample
 
@@ -299,7 +301,7 @@ def calibrate_checkpoint(ckpt: str | Path, images_dir: str | Path, target_far: f
     if not files:
         raise DatasetError(f"calibration folder {folder} has no images")
     loaded = load_images([Sample(p, 0, "good") for p in files], model.image_size, progress=progress,
-                         desc="calibration images")
+                         desc="calibration images", with_stats=True)
     if len(loaded.images) == 0:
         raise DatasetError(f"calibration folder {folder}: no readable images")
     cal, scores = calibrate_model(model, to_tensor(loaded.images, dev), target_far)
@@ -316,10 +318,16 @@ def calibrate_checkpoint(ckpt: str | Path, images_dir: str | Path, target_far: f
     meta["target_far"] = target_far
     meta["calibration"] = {"n_normal": int(len(scores)), "source": str(folder),
                            "max_normal_score": float(scores.max())}
+    drift_product = product or meta.get("product") or "default"
+    added_reference = drift_product not in (meta.get("drift_reference") or {})
+    if added_reference:
+        log.info("%s has no drift reference for %s: made from the calibration images", ckpt, drift_product)
+        ref = training_reference(scores, loaded.stats).model_copy(update={"source": "calibration"})
+        meta["drift_reference"] = {**(meta.get("drift_reference") or {}), drift_product: ref.model_dump()}
     target = Path(out) if out else Path(ckpt)
     sha = save_checkpoint(target, model, meta)
     return {"checkpoint": str(target), "version": sha[:12], "threshold": thr, "target_far": target_far,
-            "n_images": int(len(scores)), "skipped_images": loaded.skipped}
+            "n_images": int(len(scores)), "skipped_images": loaded.skipped, "drift_reference_added": added_reference}
 
 
 __all__ = ["HoldoutOptions", "train_model", "train_on_images", "train_from_folder", "evaluate_checkpoint",

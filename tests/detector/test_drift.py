@@ -232,3 +232,22 @@ def test_after_a_restart_the_window_refills_and_a_lasting_fault_is_back_within_t
         if st.drifting:
             break
     assert st.drifting and i + 1 == s.window_frames // 2 - 1 + s.hold_frames and (i + 1) / FPS <= 180
+
+
+def test_calibrate_gives_an_older_checkpoint_a_reference_and_keeps_a_training_one(tiny_checkpoint, tmp_path,
+                                                                                 trained_reference):
+    from detector.checkpoint import load_model, save_checkpoint
+    from detector.workflow import calibrate_checkpoint
+
+    images = tiny_checkpoint.parent / "data" / "train" / "good"
+    model, meta, _ = load_model(tiny_checkpoint)
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, model, {k: v for k, v in meta.items() if k != "drift_reference"})
+    assert reference_from_meta(read_checkpoint(old)[1], "flange") is None
+    res = calibrate_checkpoint(old, images, 0.05, device="cpu", progress=False)
+    ref = reference_from_meta(read_checkpoint(old)[1], "flange")
+    assert res["drift_reference_added"] and ref.source == "calibration" and ref.n == 24
+    assert ref.stat_mean == pytest.approx(trained_reference.stat_mean)  # the same images, full resolution
+    res = calibrate_checkpoint(tiny_checkpoint, images, 0.05, out=tmp_path / "recal.pt", device="cpu", progress=False)
+    assert not res["drift_reference_added"]
+    assert reference_from_meta(read_checkpoint(tmp_path / "recal.pt")[1], "flange") == trained_reference
