@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     from streamlit.web import cli as stcli
 
-    app = Path(__file__).with_name("app.py")
+    app = Path(__file__).with_name("server.py")  # app.py behind st.App, which adds the cookie routes
     sys.argv = [
         "streamlit", "run", str(app),
         "--server.port", str(args.port), "--server.address", args.address,

@@ -1,6 +1,7 @@
 """linewatch operator dashboard (Streamlit multipage app).
 
-Run:  ``streamlit run dashboard/app.py``  or  ``python -m dashboard [--port N]``.
+Run:  ``python -m dashboard [--port N]``  or  ``streamlit run dashboard/server.py`` (this script behind
+``st.App``, which adds the login-cookie routes; run alone, a reload asks for the login again).
 
 Before login every URL (``/``, ``/review``, ``/thresholds``, ...) shows the login form and
 nothing else; after login the same URL opens the page, if the role allows it.  Pages by role:
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from dashboard.auth import change_own_password
 from dashboard.common import current_user, log_out
+from dashboard.cookie import sync_cookie
 from storage.users import role_allows
 
 st.set_page_config(page_title="linewatch", page_icon=":mag:", layout="wide")
@@ -33,6 +36,7 @@ PAGES = [
 ]
 
 user = current_user()
+sync_cookie()
 if user is None:
     login = VIEWS / "login.py"
     pages = [st.Page(login, title="Log in", url_path="login", default=True)]
@@ -53,6 +57,16 @@ else:
             st.page_link(p)
         st.divider()
         st.markdown(f"**{user.username}** · {user.role}")
+        with st.popover("Change password"), st.form("own_password", clear_on_submit=True, border=False):
+            current = st.text_input("Current password", type="password", autocomplete="current-password")
+            new = st.text_input("New password (8+ characters)", type="password", autocomplete="new-password")
+            repeat = st.text_input("New password again", type="password", autocomplete="new-password")
+            if st.form_submit_button("Change password"):
+                problem = change_own_password(user, current, new, repeat)
+                if problem:
+                    st.error(problem)
+                else:
+                    st.success("Password changed; your other logins are ended.")
         if st.button("Log out", key="logout"):
             log_out()
             st.rerun()

@@ -1,14 +1,18 @@
 """Shared plumbing of the dashboard pages: database engine, blob store, the logged-in user.
 
 Pages call :func:`require_role` first: it stops the script (showing nothing but a notice)
-unless a user with at least that role is logged in.  The user is re-read from the database on
-every run, so removing, disabling or demoting an account takes effect at the next click.
+unless a user with at least that role is logged in.  The login is a server-side session
+(:mod:`storage.sessions`): the tab keeps its id, a reload finds it again through the cookie
+(:mod:`dashboard.cookie`).  Session and user are re-read from the database on every run, so
+logging out elsewhere, a password change, removing, disabling or demoting an account takes
+effect at the next click.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +24,10 @@ from sqlalchemy.orm import Session
 from storage.blobs import BlobStore, make_blob_store
 from storage.db import init_db, make_engine, write_session
 from storage.settings import StorageSettings
-from storage.users import get_user, role_allows
+from storage.sessions import live_session, revoke_session
+from storage.users import role_allows
 
+from .cookie import CLEAR_KEY, HANDOFF_KEY, cookie_token
 from .settings import DashboardSettings
 
 USER_KEY = "lw_user"
@@ -48,6 +54,7 @@ threading.Thread(target=_warm_imports, name="linewatch-warm-imports", daemon=Tru
 class CurrentUser:
     username: str
     role: str
+    session_id: int
 
 
 @st.cache_resource(show_spinner=False)
@@ -92,18 +99,21 @@ def writing() -> Iterator[Session]:
 
 
 def current_user() -> CurrentUser | None:
-    """The logged-in user, re-checked against the database (gone or disabled: logged out)."""
-    user = st.session_state.get(USER_KEY)
-    if not user:
-        return None
+    """The logged-in user: this tab's session, else the cookie's (after a reload), if it is still
+    live in the database (not expired or revoked, user active); otherwise logged out."""
+    state = st.session_state.get(USER_KEY)
     with read_session() as s:
-        row = get_user(s, user["username"])
-        if row is None or not row.is_active:
+        if state:
+            row = live_session(s, session_id=state["session_id"])
+        else:
+            token = cookie_token()
+            row = live_session(s, token=token) if token else None
+        if row is None:
             st.session_state.pop(USER_KEY, None)
             return None
-        if row.role != user["role"]:
-            st.session_state[USER_KEY] = {"username": row.username, "role": row.role}
-        return CurrentUser(row.username, row.role)
+        user = CurrentUser(row.user.username, row.user.role, row.id)
+    st.session_state[USER_KEY] = {"username": user.username, "role": user.role, "session_id": user.session_id}
+    return user
 
 
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
@@ -140,13 +150,20 @@ def require_role(needed: str) -> CurrentUser:
     return user
 
 
-def log_in(username: str, role: str) -> None:
-    st.session_state[USER_KEY] = {"username": username, "role": role}
+def log_in(username: str, role: str, session_id: int, handoff_code: str) -> None:
+    st.session_state[USER_KEY] = {"username": username, "role": role, "session_id": session_id}
+    st.session_state[HANDOFF_KEY] = handoff_code  # the browser turns it into the cookie
 
 
 def log_out() -> None:
+    """End this login everywhere (the session is revoked) and forget this tab's state."""
+    state = st.session_state.get(USER_KEY)
+    if state:
+        with writing() as s:
+            revoke_session(s, session_id=state["session_id"])
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+    st.session_state[CLEAR_KEY] = secrets.token_hex(8)
 
 
 def pct(x: float | None, digits: int = 1) -> str:

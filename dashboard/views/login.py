@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.auth import attempt_login
+from dashboard.auth import attempt_login, request_address
 from dashboard.common import dashboard_settings
 
 _, mid, _ = st.columns([1, 2, 1])
@@ -17,7 +17,8 @@ with mid.form("login", clear_on_submit=False):
     submitted = st.form_submit_button("Log in", type="primary")
 
 if submitted:
-    result = attempt_login(username, password, dashboard_settings().dashboard_login_max_failures)
+    settings = dashboard_settings()
+    result = attempt_login(username, password, settings, request_address(settings))
     if result.ok:
         st.rerun()
     else:

@@ -54,14 +54,15 @@ with right:
             st.rerun()
         if c[1].button("Set password", key="users_set_pw", disabled=not new_pw):
             with writing() as s:
-                set_password(s, who, new_pw)
-            ss["users_msg"] = f"Password of {who} changed (and unlocked)."
+                # their other logins end; an admin changing their own keeps this one
+                set_password(s, who, new_pw, keep_session_id=me.session_id if who == me.username else None)
+            ss["users_msg"] = f"Password of {who} changed (and unlocked); their other logins are ended."
             st.rerun()
         active = next((u.is_active for u in users if u.username == who), True)
         if c[2].button("Disable" if active else "Enable", key="users_toggle", disabled=who == me.username):
             with writing() as s:
                 set_active(s, who, not active)
-            ss["users_msg"] = f"{who} {'disabled' if active else 'enabled'}."
+            ss["users_msg"] = f"{who} {'disabled and logged out' if active else 'enabled'}."
             st.rerun()
         if c[3].button("Remove", key="users_remove", disabled=who == me.username):
             with writing() as s:

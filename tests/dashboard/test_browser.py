@@ -54,13 +54,20 @@ def browser():
 
 
 @pytest.fixture
-def server(seeded, tmp_path):
+def server_env() -> dict[str, str]:
+    """Extra environment for the server (a test overrides it with ``parametrize("server_env", ...)``)."""
+    return {}
+
+
+@pytest.fixture
+def server(seeded, tmp_path, server_env):
     """The dashboard as ``python -m dashboard`` on a free port; stopped (process group) afterwards."""
     db, sd = seeded
     port = _free_port()
     env = dict(db.env)
     env.pop("LINEWATCH_DETECTOR_METRICS_URL", None)
     env["LINEWATCH_DASHBOARD_REFRESH_S"] = "2"
+    env.update(server_env)
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dashboard", "--port", str(port), "--address", "127.0.0.1"],
@@ -93,12 +100,25 @@ def server(seeded, tmp_path):
 
 
 @pytest.fixture
-def page(browser, request):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = ctx.new_page()
-    pg.set_default_timeout(WAIT_MS)
-    yield pg
-    ctx.close()
+def new_page(browser):
+    """Makes pages, each in a browser context of its own (own cookies: as if another browser)."""
+    contexts = []
+
+    def make():
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        contexts.append(ctx)
+        pg = ctx.new_page()
+        pg.set_default_timeout(WAIT_MS)
+        return pg
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+@pytest.fixture
+def page(new_page):
+    return new_page()
 
 
 def shot(pg, request, name: str) -> Path:
@@ -109,10 +129,10 @@ def shot(pg, request, name: str) -> Path:
     return path
 
 
-def login(pg, base: str, username: str, path: str = "") -> None:
+def login(pg, base: str, username: str, path: str = "", password: str | None = None) -> None:
     pg.goto(f"{base}/{path}")
     pg.get_by_role("textbox", name="Username").fill(username)
-    pg.get_by_role("textbox", name="Password").fill(PASSWORDS[username])
+    pg.get_by_role("textbox", name="Password").fill(password or PASSWORDS[username])
     pg.get_by_role("button", name="Log in").click()
     pg.get_by_text(f"{username} ·").wait_for()  # the sidebar's user line
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
+from dashboard.auth import REFUSED
+from storage.db import make_engine, write_session
 from storage.models import Camera, CameraThresholdChange, Feedback, Inspection, User
-from storage.users import MAX_FAILURES
+from storage.sessions import start_session
+from storage.users import MAX_FAILURES, get_user
 
 from .seed import PASSWORDS
 
@@ -19,17 +23,28 @@ DASH = Path(__file__).resolve().parents[2] / "dashboard"
 TIMEOUT = 60
 
 
+def logged_in(user: str, role: str) -> dict:
+    """The session state of a tab where ``user`` logged in (a real session row)."""
+    engine = make_engine()  # the database the ``seeded`` fixture points the environment at
+    try:
+        with write_session(engine) as s:
+            started = start_session(s, get_user(s, user), timedelta(hours=1))
+    finally:
+        engine.dispose()
+    return {"username": user, "role": role, "session_id": started.id}
+
+
 def page(name: str, user: str | None = None, role: str | None = None) -> AppTest:
     at = AppTest.from_file(str(DASH / "views" / f"{name}.py"), default_timeout=TIMEOUT)
     if user:
-        at.session_state["lw_user"] = {"username": user, "role": role}
+        at.session_state["lw_user"] = logged_in(user, role)
     return at
 
 
 def app(user: str | None = None, role: str | None = None) -> AppTest:
     at = AppTest.from_file(str(DASH / "app.py"), default_timeout=TIMEOUT)
     if user:
-        at.session_state["lw_user"] = {"username": user, "role": role}
+        at.session_state["lw_user"] = logged_in(user, role)
     return at
 
 
@@ -65,7 +80,8 @@ def test_login_wrong_then_right(seeded):
     assert "lw_user" not in at.session_state
     at = login(at, "olga", PASSWORDS["olga"])
     assert not at.exception
-    assert at.session_state["lw_user"] == {"username": "olga", "role": "operator"}
+    state = at.session_state["lw_user"]
+    assert (state["username"], state["role"]) == ("olga", "operator") and state["session_id"]
     assert "Live" in [t.value for t in at.title]
     with db.session() as s:
         assert s.scalars(select(User).where(User.username == "olga")).one().failed_logins == 0
@@ -83,10 +99,11 @@ def test_login_rate_limited(seeded):
     with db.session() as s:
         u = s.scalars(select(User).where(User.username == "erik")).one()
         assert u.failed_logins >= MAX_FAILURES and u.locked_until is not None
-    # a new browser session still meets the account lock
+    # a new browser session still meets the account lock, told apart from nothing else
     at2 = login(app().run(), "erik", PASSWORDS["erik"])
     assert "lw_user" not in at2.session_state
-    assert "Too many failed logins" in texts(at2)
+    assert REFUSED in texts(at2)
+    assert REFUSED in texts(login(app().run(), "nobody", "some-password"))
 
 
 def test_session_throttle_for_unknown_users(seeded, monkeypatch):
@@ -113,10 +130,11 @@ def test_roles_decide_pages(seeded):
 
 def test_removed_user_is_logged_out(seeded):
     db, _ = seeded
+    at = page("live", "olga", "operator")
     with db.session() as s:
         s.delete(s.scalars(select(User).where(User.username == "olga")).one())
         s.commit()
-    at = page("live", "olga", "operator").run()
+    at = at.run()
     assert "Please log in" in texts(at) and len(at.metric) == 0
 
 
