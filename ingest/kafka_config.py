@@ -42,6 +42,9 @@ class KafkaSettings(BaseSettings):
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
     topic_prefix: str = "linewatch"
+    # kafka-python backs off reconnecting up to 30 s, which leaves a service idle that long after a
+    # broker restart; the Java client's 1 s brings it back as soon as the broker serves again
+    kafka_reconnect_backoff_max_ms: int = Field(1000, gt=0, description="longest wait between reconnect attempts")
     kafka_max_message_bytes: int = Field(
         16 * 1024 * 1024,
         gt=0,
@@ -57,6 +60,7 @@ class KafkaSettings(BaseSettings):
             "bootstrap_servers": [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()],
             "client_id": self.kafka_client_id,
             "security_protocol": self.kafka_security_protocol,
+            "reconnect_backoff_max_ms": self.kafka_reconnect_backoff_max_ms,
         }
         if self.kafka_sasl_mechanism:
             kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism

@@ -28,6 +28,8 @@ Rules the handler follows:
 * **only infrastructure faults wait**: the handler raises :class:`RetryLater`; the loop commits
   nothing, seeks back to the batch's first offsets, backs off (0.5 s doubling to 10 s, interrupted by
   a stop) and reads the same records again, so the consumer keeps polling (it stays in its group).
+  A poll that fails (the broker restarting or unreachable) is waited out the same way: the loop
+  polls again a second later and never exits for it.
 * outputs are sent with :meth:`ServiceLoop.send` while handling (their acks arrive meanwhile); the
   flush checks every one of them before anything is committed.
 
@@ -59,6 +61,7 @@ log = logging.getLogger("linewatch.service_loop")
 
 IDLE_POLL_S = 0.5
 MAX_BACKOFF_S = 10.0
+POLL_RETRY_S = 1.0  # after a failed poll (the client reconnects meanwhile)
 # record framing on top of a record's key, value and headers (generous)
 RECORD_OVERHEAD = 4096
 
@@ -144,7 +147,9 @@ class ServiceLoop:
         self.on_retry: Callable[[RetryLater], None] | None = None  # a batch is to be redone (metrics)
         self.last_beat: float | None = None  # monotonic time the loop last polled or finished a batch
         self.started = False  # the consumer polls
-        self.retrying: str | None = None  # the infrastructure fault being waited out, if any
+        self._handler_fault: str | None = None  # a batch the handler could not do (RetryLater)
+        self._poll_fault: str | None = None  # the broker could not be polled
+        self.batch_started: float | None = None  # monotonic time the batch in hand was gathered
         self._failures = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -161,11 +166,25 @@ class ServiceLoop:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
+    @property
+    def retrying(self) -> str | None:
+        """The infrastructure fault being waited out, if any."""
+        return self._handler_fault or self._poll_fault
+
     def beat(self) -> None:
         self.last_beat = time.monotonic()
 
     def loop_age(self) -> float | None:
         return None if self.last_beat is None else time.monotonic() - self.last_beat
+
+    def batch_age(self) -> float | None:
+        """Seconds since the batch in hand was gathered (``None`` between batches).
+
+        A handler blocked inside a call (a database lock waited out in its busy timeout, a server
+        that does not answer) neither fails nor beats: this is how long it has been stuck.
+        """
+        started = self.batch_started
+        return None if started is None else time.monotonic() - started
 
     def connect(self) -> None:
         from kafka import KafkaConsumer, KafkaProducer
@@ -240,7 +259,11 @@ class ServiceLoop:
                     between_batches()
                 records = self.gather()
                 if records:
-                    outcome = self.process(records, handle)
+                    self.batch_started = time.monotonic()
+                    try:
+                        outcome = self.process(records, handle)
+                    finally:
+                        self.batch_started = None
                     if outcome is not None and on_batch is not None:
                         on_batch(outcome)
         finally:
@@ -249,6 +272,8 @@ class ServiceLoop:
 
     def gather(self) -> list[Any]:
         """Poll until ``max_records`` are in hand, a full batch took what was fetched, or the wait is over."""
+        from kafka.errors import KafkaError
+
         c = self.config
         fill = c.fill or c.max_records
         self._pending = []
@@ -266,7 +291,16 @@ class ServiceLoop:
                     break
             else:
                 timeout = IDLE_POLL_S
-            got = self.consumer.poll(timeout_ms=max(0, int(timeout * 1000)), max_records=room)
+            try:
+                got = self.consumer.poll(timeout_ms=max(0, int(timeout * 1000)), max_records=room)
+            except KafkaError as exc:
+                # the broker is away (restarting, unreachable): an outage, waited out here, never a
+                # reason to exit; the records in hand are handled (a failed publish redoes them)
+                self._poll_fault = f"broker unavailable: {type(exc).__name__}: {exc}"
+                log.warning("poll failed (%s); polling again in %.0fs", self._poll_fault, POLL_RETRY_S)
+                self._stop.wait(POLL_RETRY_S)
+                break
+            self._poll_fault = None
             self.beat()
             self.started = True
             n = 0
@@ -298,7 +332,7 @@ class ServiceLoop:
             self._futures = []
             self._failures += 1
             delay = min(MAX_BACKOFF_S, 0.5 * 2 ** min(self._failures - 1, 5))
-            self.retrying = str(exc)
+            self._handler_fault = str(exc)
             if self.on_retry is not None:
                 self.on_retry(exc)
             log.error("batch not done (%s); nothing committed, redoing it in %.1fs", exc, delay)
@@ -306,7 +340,7 @@ class ServiceLoop:
             self._stop.wait(delay)
             return None
         self._failures = 0
-        self.retrying = None
+        self._handler_fault = None
         t2 = time.monotonic()
         out.committed = self.commit(records)  # the only commit point
         out.handle_s, out.publish_s, out.commit_s = t1 - t0, t2 - t1, time.monotonic() - t2

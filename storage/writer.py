@@ -18,7 +18,8 @@ The writer runs the shared Kafka service loop (:mod:`ingest.service_loop`) on ``
   nothing is committed meanwhile (``/readyz`` answers 503 with the fault while it waits);
 * SIGTERM / SIGINT: the current batch is finished and committed, then the writer exits 0;
 * ``--http-port`` serves ``/healthz`` (200 while the loop polls: it polled within the last 60 s),
-  ``/readyz`` (also 503 while an outage is waited out) and ``/metrics`` (Prometheus).
+  ``/readyz`` (also 503 while an outage is waited out, or while one batch has been in hand for
+  over 5 s: blocked in the database, e.g. SQLite waiting out a lock) and ``/metrics`` (Prometheus).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from .settings import StorageSettings
 log = logging.getLogger("linewatch.storage.writer")
 
 DLQ_STAGE = "storage-writer"
+# /readyz says "waiting" when one batch has been in hand this long (a batch takes well under a second)
+STUCK_BATCH_S = 5.0
 # what an outage looks like, as opposed to one result the database refuses
 _INFRASTRUCTURE = (OperationalError, SAInterfaceError, OSError)
 
@@ -213,8 +216,14 @@ def serve_http(writer: ResultWriter, port: int, host: str = "0.0.0.0") -> Thread
 
     def ready() -> tuple[bool, dict]:
         ok, info = health()
+        stuck = writer.loop.batch_age()
         if ok and writer.loop.retrying:
             ok, info["status"] = False, "waiting"  # alive, but nothing gets stored until the fault clears
+        elif ok and stuck is not None and stuck > STUCK_BATCH_S:
+            # blocked inside the database call (e.g. SQLite waiting out another process's lock in
+            # its busy timeout): no error yet, but nothing gets stored either
+            ok, info["status"] = False, "waiting"
+            info["waiting_for"] = f"storage: one batch in hand for {stuck:.0f} s (database locked or not answering)"
         return ok, info
 
     return serve_health_http(writer.metrics, health, ready, port, host)
