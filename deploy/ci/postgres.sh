@@ -7,7 +7,8 @@
 #   ...run tests...
 #   lw_postgres_stop                    # stops it and removes its data directory
 #
-# or run directly:  bash deploy/ci/postgres.sh start|stop|status
+# or run directly:  bash deploy/ci/postgres.sh start|stop|status|pause|resume
+# (pause stops the server and keeps its data; resume starts it again on the same port)
 #
 # The cluster lives in a temporary directory (LINEWATCH_PG_DIR, default /tmp/linewatch-pg-<uid>),
 # listens only on 127.0.0.1 and a Unix socket in that directory, on a free port, and trusts
@@ -55,6 +56,27 @@ s.close()
 EOF
 }
 
+_lw_pg_serve() {  # _lw_pg_serve BIN PORT: start the server of the cluster in $_lw_pg_dir
+  _lw_pg_as "$1/pg_ctl" -D "$_lw_pg_dir/data" -l "$_lw_pg_dir/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $2 -k $_lw_pg_dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+    start >/dev/null \
+    || { echo "[postgres] server did not start, see $_lw_pg_dir/server.log" >&2; return 1; }
+}
+
+# pause: stop the server but keep its data; resume: start it again on the same port (the soak
+# benchmark's database outage)
+lw_postgres_pause() {
+  local bin
+  bin="$(_lw_pg_bin)" || return 1
+  _lw_pg_as "$bin/pg_ctl" -D "$_lw_pg_dir/data" -m fast -w -t 60 stop >/dev/null
+}
+
+lw_postgres_resume() {
+  local bin
+  bin="$(_lw_pg_bin)" || return 1
+  lw_postgres_status || _lw_pg_serve "$bin" "$(cat "$_lw_pg_dir/port")"
+}
+
 lw_postgres_status() {
   local bin
   bin="$(_lw_pg_bin)" || return 1
@@ -78,10 +100,7 @@ lw_postgres_start() {
     echo "$port" > "$_lw_pg_dir/port"
     _lw_pg_as "$bin/initdb" -D "$_lw_pg_dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$_lw_pg_dir/initdb.log" 2>&1 \
       || { echo "[postgres] initdb failed, see $_lw_pg_dir/initdb.log" >&2; return 1; }
-    _lw_pg_as "$bin/pg_ctl" -D "$_lw_pg_dir/data" -l "$_lw_pg_dir/server.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p $port -k $_lw_pg_dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
-      start >/dev/null \
-      || { echo "[postgres] server did not start, see $_lw_pg_dir/server.log" >&2; return 1; }
+    _lw_pg_serve "$bin" "$port" || return 1
     _lw_pg_as "$bin/createdb" -h "$_lw_pg_dir" -p "$port" -U postgres "$_lw_pg_db" \
       || { echo "[postgres] createdb failed" >&2; return 1; }
     echo "[postgres] started a throwaway server on 127.0.0.1:$port (data in $_lw_pg_dir)"
@@ -114,7 +133,9 @@ else
   case "${1:-}" in
     start) lw_postgres_start; echo "LINEWATCH_TEST_POSTGRES_URL=$LINEWATCH_TEST_POSTGRES_URL" ;;
     stop) lw_postgres_stop ;;
+    pause) lw_postgres_pause ;;
+    resume) lw_postgres_resume ;;
     status) if lw_postgres_status; then echo "running: postgresql+psycopg://postgres@127.0.0.1:$(cat "$_lw_pg_dir/port")/$_lw_pg_db"; else echo "not running"; exit 1; fi ;;
-    *) echo "usage: $0 start|stop|status   (or: source $0, then lw_postgres_stop)" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|pause|resume   (or: source $0, then lw_postgres_stop)" >&2; exit 2 ;;
   esac
 fi

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks.pipeline import Broker, _log, _pct, quick_checkpoint
+from tests.benchmarks.pipeline import Broker, _log, _pct, clean_up, quick_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -296,11 +295,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             mosquitto.stop()
         if camera is not None:
             camera.kill()
-        broker.stop()
-        if args.keep:
-            _log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(broker, work, args.keep)
 
 
 def print_table(r: dict[str, Any]) -> None:

@@ -101,21 +101,34 @@ def _aware(dt: datetime) -> datetime:
 
 
 class Broker:
-    def __init__(self, work: Path):
+    """``LINEWATCH_KAFKA_BOOTSTRAP`` if set (and ``reuse``), else a broker of our own from deploy/kafka/kafka.sh."""
+
+    def __init__(self, work: Path, reuse: bool = True):
         self.dir = None
-        if os.environ.get("LINEWATCH_KAFKA_BOOTSTRAP"):
+        if reuse and os.environ.get("LINEWATCH_KAFKA_BOOTSTRAP"):
             self.bootstrap = os.environ["LINEWATCH_KAFKA_BOOTSTRAP"]
             return
         from tests.pipeline.harness import free_port
 
         self.dir = work / "kafka"
         self.dir.mkdir()
-        port = free_port()
-        env = {**os.environ, "KAFKA_WATCH_PID": str(os.getpid())}
+        self.port = free_port()
         _log("starting a Kafka broker (deploy/kafka/kafka.sh)")
-        subprocess.run(["bash", str(REPO / "deploy/kafka/kafka.sh"), "start", str(self.dir), str(port)], env=env,
+        self._start()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def _start(self, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "KAFKA_WATCH_PID": str(os.getpid()), **(env or {})}
+        subprocess.run(["bash", str(REPO / "deploy/kafka/kafka.sh"), "start", str(self.dir), str(self.port)], env=env,
                        check=True, stdout=subprocess.DEVNULL, timeout=600)
-        self.bootstrap = f"127.0.0.1:{port}"
+
+    def restart(self) -> None:
+        """A clean stop, then a start on the same ports and data (only a broker of our own)."""
+        assert self.dir is not None, "only a broker this benchmark started can be restarted"
+        props = (self.dir / "server.properties").read_text()
+        controller = props.split("controller.quorum.voters=1@127.0.0.1:", 1)[1].split()[0]
+        self.stop()
+        self._start({"KAFKA_CONTROLLER_PORT": controller})
 
     def pid(self) -> int | None:
         try:
@@ -127,6 +140,15 @@ class Broker:
         if self.dir is not None:
             subprocess.run(["bash", str(REPO / "deploy/kafka/kafka.sh"), "stop", str(self.dir)], timeout=120,
                            stdout=subprocess.DEVNULL)
+
+
+def clean_up(broker: Broker, work: Path, keep: bool) -> None:
+    """A benchmark's last step: stop its broker, remove its temporary folder unless ``keep``."""
+    broker.stop()
+    if keep:
+        _log(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def quick_checkpoint(image_size: int, channels: int) -> Path:
@@ -384,11 +406,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if pipeline is not None:
             pipeline.close()
-        broker.stop()
-        if args.keep:
-            _log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(broker, work, args.keep)
 
 
 def print_table(r: dict[str, Any]) -> None:

@@ -17,17 +17,9 @@ from tests.storage.fixtures import sqlite_db  # noqa: F401 - fixture
 
 @pytest.fixture(scope="session")
 def pipeline_checkpoint(tmp_path_factory) -> Path:
-    from detector.synthetic import make_toy_dataset
-    from detector.models.ear_fader import EarFaderTrainConfig
-    from detector.workflow import train_model
-    from tests.detector.conftest import tiny_config
+    from .harness import train_tiny_checkpoint
 
-    root = tmp_path_factory.mktemp("pipeline-model")
-    data = make_toy_dataset(root / "toy", n_train=16, n_good=4, n_bad=4, size=64, seed=0)
-    tc = EarFaderTrainConfig(epochs_ear=2, epochs_fader=1, batch_size=8, auto_m=False, auto_q=False)
-    out = root / "toy.pt"
-    train_model(None, out, data=[data], configs=(tiny_config(), tc), product="toy", device="cpu", progress=False)
-    return out
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("pipeline-model"))
 
 
 @pytest.fixture(scope="session")

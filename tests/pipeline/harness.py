@@ -68,6 +68,24 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def train_tiny_checkpoint(root: Path) -> Path:
+    """The real EAR + FADeR detector, tiny, trained for a few epochs on generated parts (seconds).
+
+    Accuracy does not matter to the pipeline tests and the soak benchmark, only that the service
+    runs the real model, fast.
+    """
+    from detector.models.ear_fader import EarFaderTrainConfig
+    from detector.synthetic import make_toy_dataset
+    from detector.workflow import train_model
+    from tests.detector.conftest import tiny_config
+
+    data = make_toy_dataset(root / "toy", n_train=16, n_good=4, n_bad=4, size=64, seed=0)
+    tc = EarFaderTrainConfig(epochs_ear=2, epochs_fader=1, batch_size=8, auto_m=False, auto_q=False)
+    out = root / "toy.pt"
+    train_model(None, out, data=[data], configs=(tiny_config(), tc), product="toy", device="cpu", progress=False)
+    return out
+
+
 class Pipeline:
     """Detector and writer processes for one topic prefix and one database."""
 
