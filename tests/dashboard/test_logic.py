@@ -1,4 +1,4 @@
-"""Pure helpers of the dashboard: overlay rendering, consumer-lag parsing, live windows."""
+"""Pure helpers of the dashboard: overlay rendering, consumer-lag parsing, live windows, client address."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dashboard.auth import client_address
 from dashboard.images import colorbar, decode_heatmap, decode_rgb, overlay
 from dashboard.lag import fetch_consumer_lag, parse_consumer_lag
 from dashboard.live_logic import bucket_seconds, shift_start, window_bounds
@@ -63,3 +64,13 @@ def test_windows_and_buckets():
     assert bucket_seconds(since, until) == 15
     since, until = window_bounds("Last 24 hours", now, [6])
     assert bucket_seconds(since, until) == 1800
+
+
+def test_client_address_trusts_forwarded_for_only_behind_configured_proxies():
+    spoofed = ["6.6.6.6, 203.0.113.9"]  # the client claimed 6.6.6.6; our proxy appended 203.0.113.9
+    assert client_address(spoofed, "10.0.0.2", 0) == "10.0.0.2"  # no trusted proxy: the header is ignored
+    assert client_address(spoofed, "10.0.0.2", 1) == "203.0.113.9"
+    assert client_address(["6.6.6.6", "203.0.113.9, 10.0.0.1"], "10.0.0.2", 2) == "203.0.113.9"  # repeated headers
+    assert client_address([], "10.0.0.2", 1) == "10.0.0.2"  # header missing: the peer
+    assert client_address([], None, 0) == "local"  # Streamlit reports loopback peers as None
+    assert len(client_address(["x" * 500], None, 1)) == 64
