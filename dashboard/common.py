@@ -104,7 +104,7 @@ def current_user() -> CurrentUser | None:
     state = st.session_state.get(USER_KEY)
     with read_session() as s:
         if state:
-            row = live_session(s, session_id=state["session_id"])
+            row = live_session(s, session_id=state.get("session_id"))
         else:
             token = cookie_token()
             row = live_session(s, token=token) if token else None
