@@ -27,7 +27,7 @@ from storage.settings import StorageSettings
 from storage.sessions import live_session, revoke_session
 from storage.users import role_allows
 
-from .cookie import CLEAR_KEY, HANDOFF_KEY, cookie_token
+from .cookie import CLEAR_KEY, HANDOFF_KEY, cookie_token, pending
 from .settings import DashboardSettings
 
 USER_KEY = "lw_user"
@@ -152,7 +152,7 @@ def require_role(needed: str) -> CurrentUser:
 
 def log_in(username: str, role: str, session_id: int, handoff_code: str) -> None:
     st.session_state[USER_KEY] = {"username": username, "role": role, "session_id": session_id}
-    st.session_state[HANDOFF_KEY] = handoff_code  # the browser turns it into the cookie
+    pending(HANDOFF_KEY, handoff_code)  # the browser turns it into the cookie
 
 
 def log_out() -> None:
@@ -163,7 +163,7 @@ def log_out() -> None:
             revoke_session(s, session_id=state["session_id"])
     for key in list(st.session_state.keys()):
         del st.session_state[key]
-    st.session_state[CLEAR_KEY] = secrets.token_hex(8)
+    pending(CLEAR_KEY, secrets.token_hex(8))
 
 
 def pct(x: float | None, digits: int = 1) -> str:

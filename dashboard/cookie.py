@@ -2,7 +2,7 @@
 
 Streamlit's script cannot set a cookie (it talks to the browser over a WebSocket), and a
 cookie set by page JavaScript cannot be HttpOnly.  So the HTTP routes in
-:mod:`dashboard.server` set and clear it, and this module only makes the browser call them:
+:mod:`dashboard.session_routes` set and clear it, and this module only makes the browser call them:
 after a login, a tiny ``st.components.v2`` component POSTs the one-time handoff code to
 ``api/session`` (the response sets the HttpOnly cookie with the session token); after a
 logout it POSTs to ``api/session/logout`` (which clears it).  Reading it back is
@@ -10,6 +10,8 @@ logout it POSTs to ``api/session/logout`` (which clears it).  Reading it back is
 """
 
 from __future__ import annotations
+
+import time
 
 import streamlit as st
 
@@ -19,12 +21,15 @@ LOGOUT_PATH = "api/session/logout"
 
 HANDOFF_KEY = "lw_cookie_handoff"  # a one-time code waiting to become the cookie
 CLEAR_KEY = "lw_cookie_clear"  # a logout whose cookie is still to be cleared (a nonce: one POST each)
+# How long the component stays on the page after a login or logout.  It reports nothing back:
+# a report would rerun the app, and a rerun racing a page-link click can undo the navigation.
+SHOW_S = 60.0
 
 # One POST per (path, body): the function runs again on every rerun while the element is shown.
 _JS = """
 const sent = new Set();
 export default function(component) {
-    const { data, setTriggerValue } = component;
+    const { data } = component;
     if (!data || !data.path) return;
     const once = data.path + "\\n" + (data.body || "");
     if (sent.has(once)) return;
@@ -32,7 +37,7 @@ export default function(component) {
     fetch(new URL(data.path, window.location.href), {
         method: "POST", body: data.body || "", credentials: "same-origin", cache: "no-store",
         headers: {"Content-Type": "text/plain"},
-    }).then((r) => setTriggerValue("done", r.ok), () => setTriggerValue("done", false));
+    }).catch(() => sent.delete(once));
 }
 """
 
@@ -48,12 +53,18 @@ def cookie_token() -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def pending(key: str, body: str) -> None:
+    """Ask the browser to POST ``body`` for ``key`` (:data:`HANDOFF_KEY` or :data:`CLEAR_KEY`)."""
+    for other in (HANDOFF_KEY, CLEAR_KEY):
+        st.session_state.pop(other, None)
+    st.session_state[key] = {"body": body, "until": time.time() + SHOW_S}
+
+
 def sync_cookie() -> None:
-    """Make the browser fetch or drop the cookie if a login or logout is waiting for it."""
-    ss = st.session_state
-    if ss.get(HANDOFF_KEY):
-        _component(key="lw_cookie_set", data={"path": SESSION_PATH, "body": ss[HANDOFF_KEY]}, height=0,
-                   on_done_change=lambda: ss.pop(HANDOFF_KEY, None))
-    elif ss.get(CLEAR_KEY):
-        _component(key="lw_cookie_clear", data={"path": LOGOUT_PATH, "body": ss[CLEAR_KEY]}, height=0,
-                   on_done_change=lambda: ss.pop(CLEAR_KEY, None))
+    """Show the component while a login or logout waits for the browser to fetch or drop the cookie."""
+    for key, path in ((HANDOFF_KEY, SESSION_PATH), (CLEAR_KEY, LOGOUT_PATH)):
+        job = st.session_state.get(key)
+        if job and job["until"] > time.time():
+            _component(key=f"{key}_component", data={"path": path, "body": job["body"]}, height=0)
+        else:
+            st.session_state.pop(key, None)
