@@ -56,15 +56,16 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", batch_size: int = 8, backend: str = "torch",
-             precision: str = "fp32") -> "Detector":
+             precision: str = "fp32", threads: int | None = None) -> "Detector":
         """A checkpoint or an export folder (``linewatch-detector export``) on ``backend``:
         torch | torchscript | onnxruntime | openvino | auto (the fastest, timed at load; see
-        :func:`detector.runtimes.open_runtime`).  Every problem raises CheckpointError (one line)."""
+        :func:`detector.runtimes.open_runtime`); ``threads`` sizes onnxruntime's and OpenVINO's CPU
+        pools.  Every problem raises CheckpointError (one line)."""
         from .export import ExportError
 
         try:
             dev = resolve_device(device)
-            loaded = open_runtime(path, backend, device, batch_size, precision)
+            loaded = open_runtime(path, backend, device, batch_size, precision, threads)
         except (RuntimeError, ValueError, ExportError) as e:
             raise CheckpointError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
         return cls(loaded.module, loaded.meta, loaded.version, dev, batch_size, loaded.runtime, loaded.image_size)

@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "candidates at load and keeps the fastest (logged)")
     g.add_argument("--precision", choices=["fp32", "int8"],
                    help="int8: the export folder's int8 model (LINEWATCH_DETECTOR_PRECISION, default fp32)")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for inference (LINEWATCH_DETECTOR_THREADS; default half the usable CPUs, "
+                        "1 to 4: torch's one thread per core collapses when the host is shared)")
     g.add_argument("--model-store", metavar="DIR",
                    help="model store to follow: <DIR>/<product>/active.json routes the product to its active "
                         "version, <DIR>/thresholds.json holds per-camera thresholds; changes are picked up "
@@ -84,7 +87,7 @@ def _settings(args: argparse.Namespace):
     from .settings import ServiceSettings
 
     mapping = {"model": "model", "routes": "routes", "device": "device", "backend": "backend",
-               "precision": "precision", "group": "group",
+               "precision": "precision", "threads": "threads", "group": "group",
                "max_batch": "max_batch", "max_wait_ms": "max_wait_ms", "batches_per_commit": "batches_per_commit",
                "max_frame_bytes": "max_frame_bytes",
                "partitions": "topic_partitions", "sample_rate": "sample_rate",
@@ -115,6 +118,7 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("linewatch.detector.service")
+    threads = apply_threads(settings)  # before any model is loaded: torch sizes its pools once
     try:
         kafka = KafkaSettings()
     except Exception as exc:  # noqa: BLE001 - pydantic validation of LINEWATCH_KAFKA_*
@@ -145,13 +149,28 @@ def run_serve(args: argparse.Namespace) -> int:
         ms = holder.load(routes)  # CheckpointError -> one-line error, exit 2 (detector.cli.main)
         reloader.watcher.mark_seen(revision)
         log.info("models loaded", extra={"kv": {"versions": ",".join(f"{v}={p}" for p, v in ms.versions().items()),
-                                                "device": settings.device, "backend": settings.backend}})
+                                                "device": settings.device, "backend": settings.backend,
+                                                "threads": threads}})
         if service.stopping:
             return 0
         return service.run()
     finally:
         if server is not None:
             server.shutdown()
+
+
+def apply_threads(settings) -> int:
+    """Size torch's thread pools once, before any model runs; returns the thread count (the setting,
+    or :func:`.settings.default_threads`)."""
+    import torch
+
+    threads = settings.inference_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # only settable before the first parallel work: already started in this process
+        pass
+    return threads
 
 
 def _load_detector(path: str, settings) -> Any:
@@ -161,7 +180,7 @@ def _load_detector(path: str, settings) -> Any:
     from detector.inference import Detector
 
     det = Detector.load(path, device=settings.device, batch_size=settings.max_batch, backend=settings.backend,
-                        precision=settings.precision)
+                        precision=settings.precision, threads=settings.inference_threads())
     size = det.image_size
     det.predict([np.zeros((size, size, 3), np.uint8)] * min(2, settings.max_batch))
     return det

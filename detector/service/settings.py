@@ -21,6 +21,9 @@ variable                              default                 meaning
                                                               ``torchscript`` / ``auto`` (the fastest, timed
                                                               at load; :mod:`detector.runtimes`)
 ``LINEWATCH_DETECTOR_PRECISION``      ``fp32``                ``int8``: an export folder's int8 model
+``LINEWATCH_DETECTOR_THREADS``        half the usable CPUs,   CPU threads for inference (torch intra- and
+                                      1 to 4                  inter-op pools, onnxruntime, OpenVINO); see
+                                                              :func:`default_threads`
 ``LINEWATCH_DETECTOR_SAMPLE_RATE``    ``0.01``                fraction of normal frames whose image is attached
                                                               to the result (retraining sample; deterministic
                                                               per frame id)
@@ -44,6 +47,7 @@ variable                              default                 meaning
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -63,6 +67,7 @@ class ServiceSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["auto", "torch", "torchscript", "onnxruntime", "openvino"] = "torch"
     precision: Literal["fp32", "int8"] = "fp32"
+    threads: int | None = Field(None, ge=1, le=256, description="CPU inference threads (default: default_threads())")
     sample_rate: float = Field(0.01, ge=0.0, le=1.0)
     heatmap_max_side: int = Field(512, ge=8)
     max_frame_bytes: int | None = Field(None, gt=0, description="default: the Kafka record limit")
@@ -81,3 +86,31 @@ class ServiceSettings(BaseSettings):
     flush_timeout_s: float = Field(60.0, gt=0)
     stall_after_s: float = Field(120.0, gt=0, description="/healthz fails when the loop is stuck this long")
     store_poll_s: float = Field(1.0, ge=0, description="how often the model store is checked for changes")
+
+    def inference_threads(self) -> int:
+        return self.threads or default_threads()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a container's
+    CPU limit, which neither the affinity mask nor torch's default sees)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def default_threads() -> int:
+    """Half the usable CPUs, between 1 and 4.
+
+    torch's default, one thread per core, assumes the process has the machine to itself; the detector
+    shares it with the broker, the writer and its own replicas (one per partition), and torch's
+    spinning worker threads oversubscribed that way cost many times the CPU for the same frames.
+    Half leaves room for decoding, Kafka I/O and the neighbours; past about 4 threads the small
+    inference batches gain little.  Set LINEWATCH_DETECTOR_THREADS when the process owns its CPUs.
+    """
+    return max(1, min(4, usable_cpus() // 2))

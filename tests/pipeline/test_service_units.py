@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -206,3 +208,39 @@ def test_a_bad_thresholds_file_is_refused_and_the_old_threshold_keeps_serving(tm
     assert holder.activate() is None and holder.current.routing.threshold_override("cam-1", None) == 0.25
     with pytest.raises(ValueError):  # the routing file's own overrides follow the same rule
         RoutingConfig.model_validate({"thresholds": {"cameras": {"cam-1": float("nan")}}})
+
+
+def test_serve_sizes_torch_thread_pools_from_the_setting():
+    """In a fresh process (torch's pools are process-wide and the interop pool is sized only once):
+    the --threads option, then LINEWATCH_DETECTOR_THREADS, then the default."""
+    code = ("import sys, torch\n"
+            "from detector.cli import build_parser\n"
+            "from detector.service.cli import _settings, apply_threads\n"
+            "args = build_parser().parse_args(['serve', *sys.argv[1:]])\n"
+            "n = apply_threads(_settings(args))\n"
+            "print(n, torch.get_num_threads(), torch.get_num_interop_threads())\n")
+
+    def run(*argv, **env):
+        environ = {k: v for k, v in os.environ.items() if k != "LINEWATCH_DETECTOR_THREADS"}
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
+                             env={**environ, **env})
+        assert out.returncode == 0, out.stderr
+        return [int(x) for x in out.stdout.split()]
+
+    assert run("--threads", "3", LINEWATCH_DETECTOR_THREADS="2") == [3, 3, 3]
+    assert run(LINEWATCH_DETECTOR_THREADS="2") == [2, 2, 2]
+    from detector.service.settings import default_threads
+
+    assert run() == [default_threads()] * 3
+
+
+def test_default_threads_is_half_the_usable_cpus_within_1_to_4(monkeypatch):
+    from detector.service import settings
+
+    for cpus, expected in ((1, 1), (2, 1), (4, 2), (6, 3), (64, 4)):
+        monkeypatch.setattr(settings, "usable_cpus", lambda cpus=cpus: cpus)
+        assert settings.default_threads() == expected
+        assert settings.ServiceSettings().inference_threads() == expected
+    assert settings.ServiceSettings(threads=7).inference_threads() == 7
+    monkeypatch.undo()
+    assert 1 <= settings.usable_cpus() <= (os.cpu_count() or 1)
