@@ -170,6 +170,135 @@ def test_k8s_probes_secrets_and_gpu_retraining():
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
 
 
+def _containers(spec: dict) -> list[dict]:
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_k8s_containers_run_locked_down():
+    """No privilege escalation, no capabilities, read-only root file systems (writable emptyDirs
+    where a process writes), non-root, the runtime's default seccomp profile: in every pod."""
+    writable_root = {"kafka"}  # its start script writes the generated config under /opt/kafka
+    seen = set()
+    for _, doc in _all_k8s():
+        for spec in _pod_specs(doc):
+            pod = spec["securityContext"]
+            assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, doc["metadata"]["name"]
+            assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, doc["metadata"]["name"]
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            for c in _containers(spec):
+                seen.add(c["name"])
+                sc = c["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False, c["name"]
+                assert sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
+                assert sc["readOnlyRootFilesystem"] is (c["name"] not in writable_root), c["name"]
+                if c["image"] == "linewatch":
+                    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+                    assert "emptyDir" in volumes[mounts["/tmp"]], c["name"]
+    assert {"detector", "writer", "dashboard", "ingest", "kafka", "postgres", "wait-for-model"} <= seen
+    config = _docs(K8S / "config.yaml")[0]["data"]
+    assert config["HOME"] == "/tmp"  # caches (torch, Streamlit, ONNX exports) on the emptyDir
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """Kubernetes label selector semantics (matchLabels and matchExpressions In / NotIn / Exists)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        ok = {"In": labels.get(e["key"]) in e.get("values", []),
+              "NotIn": labels.get(e["key"]) not in e.get("values", []),
+              "Exists": e["key"] in labels, "DoesNotExist": e["key"] not in labels}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def _ingress_allowed(policies: list[dict], src: str | None, src_ns: str, dst: str, port: int) -> bool:
+    """Whether a connection from a pod named ``src`` (app.kubernetes.io/name; None: not a pod of
+    ours) in namespace ``src_ns`` to pod ``dst`` on ``port`` passes the NetworkPolicies."""
+    src_labels = {"app.kubernetes.io/name": src} if src else {}
+    ns_labels = {"kubernetes.io/metadata.name": src_ns}
+    dst_labels = {"app.kubernetes.io/name": dst}
+    selecting = [p for p in policies if _selects(p["spec"]["podSelector"], dst_labels)
+                 and "Ingress" in p["spec"]["policyTypes"]]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            if rule.get("ports") and port not in [p["port"] for p in rule["ports"]]:
+                continue
+            peers = rule.get("from")
+            if not peers:
+                return True
+            for peer in peers:
+                pod_ok = "podSelector" not in peer or _selects(peer["podSelector"], src_labels)
+                if "namespaceSelector" in peer:
+                    ns_ok = _selects(peer["namespaceSelector"], ns_labels)
+                else:
+                    ns_ok = src_ns == "linewatch" and src is not None
+                if pod_ok and ns_ok:
+                    return True
+    return False
+
+
+def test_k8s_network_policies_allow_only_the_pipeline_flows():
+    policies = [d for _, d in _all_k8s() if d["kind"] == "NetworkPolicy"]
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert deny and deny[0]["spec"]["policyTypes"] == ["Ingress"]
+
+    def allowed(src, dst, port, ns="linewatch"):
+        return _ingress_allowed(policies, src, ns, dst, port)
+
+    for client in ("ingest", "detector", "writer", "bridge-mqtt", "linewatch-init"):
+        assert allowed(client, "kafka", 9092), client
+    assert allowed(None, "kafka", 9092, ns="keda")  # the ScaledObject reads the group's lag
+    for client in ("writer", "dashboard", "retrain", "linewatch-init", "linewatch-first-model"):
+        assert allowed(client, "postgres", 5432), client
+    assert allowed(None, "dashboard", 8501, ns="ingress-nginx")
+    for name, port in (("detector", 9102), ("writer", 9103), ("bridge-mqtt", 9104), ("bridge-opcua", 9105)):
+        assert allowed(None, name, port, ns="monitoring"), name
+        assert not allowed(None, name, port, ns="default"), name
+        assert not allowed("ingest", name, port), name
+    assert allowed("dashboard", "detector", 9102)  # LINEWATCH_DETECTOR_METRICS_URL
+    # what does not flow is refused
+    for src, dst, port in (("ingest", "postgres", 5432), ("detector", "postgres", 5432),
+                           ("dashboard", "kafka", 9092), ("retrain", "kafka", 9092), ("ingest", "dashboard", 8501),
+                           ("writer", "kafka", 9093), ("detector", "writer", 9103)):
+        assert not allowed(src, dst, port), (src, dst, port)
+    assert not allowed(None, "dashboard", 8501, ns="monitoring")
+    assert not allowed(None, "postgres", 5432, ns="ingress-nginx")
+    # the ports the policies open are the ones the pods listen on
+    listening = {p["containerPort"] for _, d in _all_k8s() for spec in _pod_specs(d) for c in spec["containers"]
+                 for p in c.get("ports", [])}
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            for p in rule.get("ports", []):
+                assert p["port"] in listening, (policy["metadata"]["name"], p)
+
+
+def test_k8s_health_ports_reach_no_service_but_the_detectors_metrics():
+    """Health and metrics ports are scraped from the pods: only the detector's is behind a Service,
+    for the dashboard's LINEWATCH_DETECTOR_METRICS_URL."""
+    health = {9102, 9103, 9104, 9105}
+    exposed = {(d["metadata"]["name"], p["port"]) for _, d in _all_k8s() if d["kind"] == "Service"
+               for p in d["spec"]["ports"] if p["port"] in health}
+    assert exposed == {("detector", 9102)}
+    config = _docs(K8S / "config.yaml")[0]["data"]
+    assert config["LINEWATCH_DETECTOR_METRICS_URL"] == "http://detector:9102/metrics"
+
+
+def test_k8s_dashboard_trusts_the_one_ingress_hop():
+    from dashboard.settings import DashboardSettings
+
+    [deployment] = [d for d in _docs(K8S / "dashboard.yaml") if d["kind"] == "Deployment"]
+    [c] = _pod_specs(deployment)[0]["containers"]
+    value = _env(c)["LINEWATCH_DASHBOARD_TRUSTED_PROXY_HOPS"]["value"]
+    assert DashboardSettings(dashboard_trusted_proxy_hops=value).dashboard_trusted_proxy_hops == 1
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (kustomize build)")
 def test_kustomize_builds():
     out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
