@@ -290,6 +290,45 @@ def test_k8s_health_ports_reach_no_service_but_the_detectors_metrics():
     assert config["LINEWATCH_DETECTOR_METRICS_URL"] == "http://detector:9102/metrics"
 
 
+def _secrets_used(spec: dict) -> set[str]:
+    """Names of the Secrets a pod reads: env, envFrom and volumes."""
+    names = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+    for c in _containers(spec):
+        names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                  if "secretKeyRef" in e.get("valueFrom", {})}
+        names |= {e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e}
+    return names
+
+
+K8S_SECRETS = {  # workload -> the Secrets it may read, no more
+    "postgres": {"postgres"},
+    "linewatch-init": {"linewatch-database", "linewatch-admin"},
+    "linewatch-first-model": {"linewatch-database"},
+    "writer": {"linewatch-database"},
+    "dashboard": {"linewatch-database"},
+    "retrain-flange": {"linewatch-database"},
+    "detector": set(),
+    "ingest-cam-1": set(),
+    "bridge-mqtt": set(),
+    "bridge-opcua": set(),
+    "kafka": set(),
+}
+
+
+def test_k8s_each_pod_gets_only_the_secrets_it_uses():
+    used = {d["metadata"]["name"]: _secrets_used(spec) for _, d in _all_k8s() for spec in _pod_specs(d)}
+    assert used == K8S_SECRETS
+    example = {d["metadata"]["name"]: set(d["stringData"]) for d in _docs(K8S / "secret.example.yaml")}
+    assert set(example) == set().union(*K8S_SECRETS.values())
+    for _, d in _all_k8s():
+        for spec in _pod_specs(d):
+            for c in _containers(spec):
+                for e in c.get("env", []):
+                    ref = e.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        assert ref["key"] in example[ref["name"]], (d["metadata"]["name"], ref)
+
+
 def test_k8s_dashboard_trusts_the_one_ingress_hop():
     from dashboard.settings import DashboardSettings
 
@@ -403,9 +442,15 @@ def test_compose_services_and_wiring():
     text = (COMPOSE / "compose.yaml").read_text()
     assert "PASSWORD:" not in text and "PASSWORD}" not in text
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    # each service gets only the secrets it uses: the database password only where the database is used
+    database = {"init", "first-model", "writer", "dashboard", "retrain"}
     for name in app:
-        assert "postgres_password" in services[name]["secrets"], name
         env = services[name].get("environment", {})
+        if name not in database:
+            assert "postgres_password" not in services[name].get("secrets", []), name
+            assert not any(k.startswith("LINEWATCH_DATABASE") for k in env), name
+            continue
+        assert "postgres_password" in services[name]["secrets"], name
         assert env["LINEWATCH_DATABASE_PASSWORD_FILE"] == "/run/secrets/postgres_password", name
         assert "@postgres:" in env["LINEWATCH_DATABASE_URL"] and ":" not in env["LINEWATCH_DATABASE_URL"].split("@")[0][
             len("postgresql+psycopg://"):], name
