@@ -17,13 +17,25 @@ Message size: a linewatch producer sends records up to ``kafka_max_message_bytes
 created with ``max.message.bytes`` a little above it, and the development broker
 (``deploy/kafka/kafka.sh``) accepts 20 MiB, so frames up to that size pass end to end; a larger
 frame is refused before sending with :class:`ingest.producer.FrameTooLargeError`.
+
+Security: the default is PLAINTEXT, for a broker on loopback (the local stack, tests).  Between
+hosts use SASL_SSL with SCRAM-SHA-512 (what deploy/compose and deploy/k8s configure)::
+
+    LINEWATCH_KAFKA_SECURITY_PROTOCOL=SASL_SSL
+    LINEWATCH_KAFKA_SASL_MECHANISM=SCRAM-SHA-512
+    LINEWATCH_KAFKA_SASL_USERNAME=linewatch
+    LINEWATCH_KAFKA_SASL_PASSWORD_FILE=/run/secrets/kafka_password   # or LINEWATCH_KAFKA_SASL_PASSWORD
+    LINEWATCH_KAFKA_SSL_CAFILE=/run/secrets/kafka_ca.crt             # the CA that signed the broker's certificate
+
+The broker's certificate must name the host clients connect to (hostnames are checked).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +50,8 @@ class KafkaSettings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="file holding the SASL password (a Docker / systemd secret); wins over kafka_sasl_password")
     kafka_ssl_cafile: str | None = None
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
@@ -53,6 +67,16 @@ class KafkaSettings(BaseSettings):
 
     def topic(self, stream: Literal["frames", "results", "deadletter"]) -> str:
         return f"{self.topic_prefix}.{stream}"
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> "KafkaSettings":
+        if self.kafka_sasl_password_file is not None:
+            try:
+                self.kafka_sasl_password = self.kafka_sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as e:
+                raise ValueError(f"LINEWATCH_KAFKA_SASL_PASSWORD_FILE: cannot read {self.kafka_sasl_password_file}: "
+                                 f"{e.strerror}") from None
+        return self
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments common to kafka-python's producer, consumer and admin client."""

@@ -23,6 +23,14 @@
 #   KAFKA_STOP_TIMEOUT       seconds to wait for a clean shutdown before SIGKILL (default 30)
 #   KAFKA_WATCH_PID          if set, a watchdog stops the broker when that process exits
 #                            (the pytest fixture passes its own pid: no stray broker after a crash)
+#   KAFKA_SASL_SSL_PORT      if set, a second listener on 127.0.0.1:PORT with SASL_SSL and SCRAM-SHA-512,
+#                            the setting the deployments use between hosts (tests of it); then also:
+#   KAFKA_SSL_KEYSTORE       PKCS12 file with the broker's key and certificate
+#   KAFKA_SSL_KEYSTORE_PASSWORD  its password
+#   KAFKA_SCRAM_USER, KAFKA_SCRAM_PASSWORD  the SCRAM user created when DIR is formatted
+#
+# The default is one PLAINTEXT listener on loopback only: no network peer can reach it, so the
+# local stack and the tests need no credentials.
 #
 # Broker settings fit for one node: replication factors 1, group.initial.rebalance.delay.ms=0,
 # message.max.bytes = replica.fetch.max.bytes = 20 MiB (frames up to 16 MiB plus headers; the
@@ -124,15 +132,21 @@ java_cmd() {
 }
 
 write_config() {  # write_config DIR PORT CONTROLLER_PORT
-  local dir="$1" port="$2" cport="$3"
+  local dir="$1" port="$2" cport="$3" listeners advertised
+  listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+  advertised="PLAINTEXT://127.0.0.1:$port"
+  if [ -n "${KAFKA_SASL_SSL_PORT:-}" ]; then
+    listeners="$listeners,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT"
+    advertised="$advertised,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT"
+  fi
   cat >"$dir/server.properties" <<EOF
 # written by deploy/kafka/kafka.sh: single-node KRaft, broker + controller in one process
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$dir/data
@@ -167,6 +181,19 @@ log.retention.hours=24
 log.segment.bytes=268435456
 log.retention.check.interval.ms=60000
 EOF
+  if [ -n "${KAFKA_SASL_SSL_PORT:-}" ]; then
+    [ -n "${KAFKA_SSL_KEYSTORE:-}" ] && [ -n "${KAFKA_SSL_KEYSTORE_PASSWORD:-}" ] \
+      || die "KAFKA_SASL_SSL_PORT needs KAFKA_SSL_KEYSTORE and KAFKA_SSL_KEYSTORE_PASSWORD"
+    cat >>"$dir/server.properties" <<EOF
+
+# SASL_SSL listener: TLS, then SCRAM-SHA-512 (users in the KRaft metadata, see --add-scram)
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$KAFKA_SSL_KEYSTORE
+ssl.keystore.password=$KAFKA_SSL_KEYSTORE_PASSWORD
+EOF
+  fi
 }
 
 cmd_start() {
@@ -193,7 +220,11 @@ cmd_start() {
   if [ ! -f "$dir/data/meta.properties" ]; then
     local cluster_id
     cluster_id="$("${JAVA_ARGS[@]}" kafka.tools.StorageTool random-uuid 2>>"$dir/logs/format.log")"
-    "${JAVA_ARGS[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
+    local scram=()
+    if [ -n "${KAFKA_SCRAM_USER:-}" ]; then
+      scram=(--add-scram "SCRAM-SHA-512=[name=$KAFKA_SCRAM_USER,password=$KAFKA_SCRAM_PASSWORD]")
+    fi
+    "${JAVA_ARGS[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" "${scram[@]}" \
       >>"$dir/logs/format.log" 2>&1 || { cat "$dir/logs/format.log" >&2; die "formatting $dir failed"; }
     log "formatted $dir (cluster id $cluster_id)"
   fi

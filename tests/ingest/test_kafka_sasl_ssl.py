@@ -1,0 +1,120 @@
+"""The clients' SASL_SSL / SCRAM-SHA-512 settings against a real broker offering that listener.
+
+A broker of its own from ``deploy/kafka/kafka.sh`` (``KAFKA_SASL_SSL_PORT``), with a certificate
+from a throw-away CA made by openssl: the settings the Compose and Kubernetes deployments give the
+services (LINEWATCH_KAFKA_SECURITY_PROTOCOL=SASL_SSL, SCRAM-SHA-512, the password from a file, the
+CA file) create topics, produce and consume; a wrong password or an untrusted certificate does not
+get through.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import KAFKA_SH, _free_port
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+
+
+def _openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _certificates(d) -> None:
+    """ca.crt, and kafka.p12 (key + certificate for 127.0.0.1 / localhost, signed by the CA)."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+             "-days", "2", "-subj", "/CN=linewatch test CA", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "kafka.key", "-out", "kafka.csr",
+             "-subj", "/CN=localhost", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "kafka.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "kafka.crt", "-days", "2", "-extfile", "san.ext", cwd=d)
+    _openssl("pkcs12", "-export", "-in", "kafka.crt", "-inkey", "kafka.key", "-certfile", "ca.crt",
+             "-out", "kafka.p12", "-passout", "pass:keystore-secret", cwd=d)
+    # a second CA that signed nothing: a client trusting only it must refuse the broker
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.crt",
+             "-days", "2", "-subj", "/CN=someone else", cwd=d)
+
+
+@pytest.fixture(scope="module")
+def sasl_ssl_broker(tmp_path_factory):
+    d = tmp_path_factory.mktemp("kafka-sasl")
+    _certificates(d)
+    port, sport = _free_port(), _free_port()
+    env = {**os.environ, "KAFKA_WATCH_PID": str(os.getpid()), "KAFKA_SASL_SSL_PORT": str(sport),
+           "KAFKA_SSL_KEYSTORE": str(d / "kafka.p12"), "KAFKA_SSL_KEYSTORE_PASSWORD": "keystore-secret",
+           "KAFKA_SCRAM_USER": "linewatch", "KAFKA_SCRAM_PASSWORD": "scram-secret"}
+    started = subprocess.run(["bash", str(KAFKA_SH), "start", str(d / "broker"), str(port)], env=env,
+                             capture_output=True, text=True, timeout=600)
+    try:
+        if started.returncode != 0:
+            pytest.fail(f"could not start Kafka with SASL_SSL:\n{started.stderr[-4000:]}", pytrace=False)
+        (d / "password").write_text("scram-secret\n")
+        yield d, sport
+    finally:
+        subprocess.run(["bash", str(KAFKA_SH), "stop", str(d / "broker")], timeout=120)
+
+
+def _settings(d, sport, **overrides):
+    from ingest.kafka_config import KafkaSettings
+
+    values = dict(kafka_bootstrap=f"127.0.0.1:{sport}", kafka_security_protocol="SASL_SSL",
+                  kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="linewatch",
+                  kafka_sasl_password_file=d / "password", kafka_ssl_cafile=str(d / "ca.crt"),
+                  topic_prefix="sasl")
+    values.update(overrides)
+    return KafkaSettings(**values)
+
+
+def test_clients_connect_with_scram_over_tls(sasl_ssl_broker):
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from ingest.topics import ensure_topics
+
+    d, sport = sasl_ssl_broker
+    settings = _settings(d, sport)
+    assert settings.client_kwargs()["sasl_plain_password"] == "scram-secret"
+    ensure_topics(settings, 1)
+    producer = KafkaProducer(**settings.client_kwargs())
+    try:
+        producer.send(settings.topic("frames"), key=b"cam-1", value=b"over TLS").get(timeout=30)
+    finally:
+        producer.close()
+    consumer = KafkaConsumer(**settings.client_kwargs(), auto_offset_reset="earliest", consumer_timeout_ms=10000)
+    try:
+        consumer.assign([TopicPartition(settings.topic("frames"), 0)])
+        values = [next(consumer).value]
+    finally:
+        consumer.close()
+    assert values == [b"over TLS"]
+
+
+@pytest.mark.parametrize("case", ["wrong password", "untrusted certificate", "plaintext"])
+def test_wrong_credentials_or_certificate_do_not_get_through(sasl_ssl_broker, case):
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    d, sport = sasl_ssl_broker
+    (d / "wrong").write_text("not-the-password\n")
+    overrides = {"wrong password": {"kafka_sasl_password_file": d / "wrong"},
+                 "untrusted certificate": {"kafka_ssl_cafile": str(d / "other.crt")},
+                 "plaintext": {"kafka_security_protocol": "PLAINTEXT", "kafka_sasl_mechanism": None}}[case]
+    settings = _settings(d, sport, **overrides)
+    with pytest.raises(KafkaError):
+        admin = KafkaAdminClient(**settings.client_kwargs(), request_timeout_ms=3000, bootstrap_timeout_ms=3000)
+        admin.close()
+
+
+def test_sasl_password_file_wins_and_a_missing_one_is_a_clear_error(tmp_path):
+    from ingest.kafka_config import KafkaSettings
+
+    (tmp_path / "pw").write_text("from-file\n")
+    settings = KafkaSettings(kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="u",
+                             kafka_sasl_password="from-env", kafka_sasl_password_file=tmp_path / "pw")
+    assert settings.client_kwargs()["sasl_plain_password"] == "from-file"
+    with pytest.raises(ValueError, match="LINEWATCH_KAFKA_SASL_PASSWORD_FILE: cannot read .*nope"):
+        KafkaSettings(kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_password_file=tmp_path / "nope")
