@@ -438,7 +438,10 @@ def test_compose_services_and_wiring():
     assert len({services[n]["image"] for n in app}) == 1
     # passwords are Docker secrets (files), never environment variables or ${...} substitutions
     assert {k: v["file"] for k, v in doc["secrets"].items()} == {
-        "postgres_password": "./secrets/postgres_password", "admin_password": "./secrets/admin_password"}
+        "postgres_password": "./secrets/postgres_password", "admin_password": "./secrets/admin_password",
+        "kafka_password": "./secrets/kafka/kafka_password", "kafka_ca": "./secrets/kafka/ca.crt",
+        "kafka_keystore": "./secrets/kafka/kafka.keystore.p12",
+        "kafka_keystore_password": "./secrets/kafka/keystore_password"}
     text = (COMPOSE / "compose.yaml").read_text()
     assert "PASSWORD:" not in text and "PASSWORD}" not in text
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
@@ -454,11 +457,71 @@ def test_compose_services_and_wiring():
         assert env["LINEWATCH_DATABASE_PASSWORD_FILE"] == "/run/secrets/postgres_password", name
         assert "@postgres:" in env["LINEWATCH_DATABASE_URL"] and ":" not in env["LINEWATCH_DATABASE_URL"].split("@")[0][
             len("postgresql+psycopg://"):], name
-    assert services["init"]["secrets"] == ["postgres_password", "admin_password"]
+    assert services["init"]["secrets"] == ["postgres_password", "admin_password", "kafka_password", "kafka_ca"]
     assert "< /run/secrets/admin_password" in services["init"]["command"][-1]
     assert "admin_password" not in str({n: s.get("secrets") for n, s in services.items() if n != "init"})
     ignored = (COMPOSE / ".gitignore").read_text().split()
     assert ".env" in ignored and "secrets/" in ignored
+
+
+KAFKA_CLIENTS = {"init", "ingest", "detector", "writer", "bridge-mqtt", "bridge-opcua"}
+
+
+def _listeners(value: str) -> dict[str, str]:
+    """``NAME://host:port,...`` -> {NAME: host:port}."""
+    return dict(item.split("://", 1) for item in value.split(","))
+
+
+def _check_sasl_ssl_broker(env: dict, secret_files: set[str]) -> str:
+    """The broker offers SASL_SSL with SCRAM-SHA-512 from a PKCS12 keystore the image finds under
+    /etc/kafka/secrets, plain text only on loopback; returns the SASL_SSL port."""
+    listeners = _listeners(env["KAFKA_LISTENERS"])
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert protocols["SASL_SSL"] == "SASL_SSL" and protocols["PLAINTEXT"] == "PLAINTEXT"
+    assert listeners["PLAINTEXT"].startswith("127.0.0.1:")  # the broker's own tools only
+    assert set(_listeners(env["KAFKA_ADVERTISED_LISTENERS"])) == {"SASL_SSL", "PLAINTEXT"}
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert env["KAFKA_SSL_KEYSTORE_TYPE"] == "PKCS12"
+    assert "java.security.auth.login.config=" in env["KAFKA_OPTS"]  # the image insists on it for SASL
+    for key in ("KAFKA_SSL_KEYSTORE_FILENAME", "KAFKA_SSL_KEYSTORE_CREDENTIALS", "KAFKA_SSL_KEY_CREDENTIALS"):
+        assert f"/etc/kafka/secrets/{env[key]}" in secret_files, key
+    return listeners["SASL_SSL"].rsplit(":", 1)[1]
+
+
+def _check_kafka_client_env(env: dict, port: str) -> None:
+    from ingest.kafka_config import KafkaSettings
+
+    values = {k.removeprefix("LINEWATCH_").lower(): v for k, v in env.items()
+              if k.startswith("LINEWATCH_KAFKA_") and k != "LINEWATCH_KAFKA_SASL_PASSWORD_FILE"}
+    kwargs = KafkaSettings(**values, kafka_sasl_password="x").client_kwargs()
+    assert kwargs["security_protocol"] == "SASL_SSL" and kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert kwargs["sasl_plain_username"] and kwargs["ssl_cafile"]
+    assert all(b.split(":")[0].startswith("kafka") and b.endswith(f":{port}") for b in kwargs["bootstrap_servers"])
+
+
+def test_compose_kafka_is_sasl_ssl_with_scram_and_only_clients_get_its_secrets():
+    doc = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+    services = doc["services"]
+    kafka = services["kafka"]
+    targets = {s["target"] for s in kafka["secrets"] if isinstance(s, dict)}
+    port = _check_sasl_ssl_broker({k: str(v) for k, v in kafka["environment"].items()}, targets)
+    assert "kafka_password" in kafka["secrets"] and "SCRAM-SHA-512=[password=" in kafka["command"][-1]
+    jaas = doc["configs"]["kafka_jaas"]["content"]
+    assert "ScramLoginModule required" in jaas
+    assert {"source": "kafka_jaas", "target": kafka["environment"]["KAFKA_OPTS"].split("=", 1)[1]} in kafka["configs"]
+    assert "SCRAM-SHA-512" in " ".join(kafka["healthcheck"]["test"])  # healthy once the user exists
+    for name, service in services.items():
+        secrets = {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+        env = service.get("environment", {})
+        if name in KAFKA_CLIENTS:
+            assert {"kafka_password", "kafka_ca"} <= secrets, name
+            assert env["LINEWATCH_KAFKA_SASL_PASSWORD_FILE"] == "/run/secrets/kafka_password", name
+            _check_kafka_client_env(env, port)
+        elif name != "kafka":
+            assert not secrets & {"kafka_password", "kafka_ca"}, name
+            assert not any(k.startswith("LINEWATCH_KAFKA") for k in env), name
+        if name != "kafka":
+            assert not secrets & {"kafka_keystore", "kafka_keystore_password"}, name
 
 
 def test_image_ships_the_scripts_the_deployments_call():

@@ -1,7 +1,7 @@
 """The clients' SASL_SSL / SCRAM-SHA-512 settings against a real broker offering that listener.
 
-A broker of its own from ``deploy/kafka/kafka.sh`` (``KAFKA_SASL_SSL_PORT``), with a certificate
-from a throw-away CA made by openssl: the settings the Compose and Kubernetes deployments give the
+A broker of its own from ``deploy/kafka/kafka.sh`` (``KAFKA_SASL_SSL_PORT``), with certificates
+from ``deploy/kafka/certs.sh`` (a throw-away CA): the settings the Compose and Kubernetes deployments give the
 services (LINEWATCH_KAFKA_SECURITY_PROTOCOL=SASL_SSL, SCRAM-SHA-512, the password from a file, the
 CA file) create topics, produce and consume; a wrong password or an untrusted certificate does not
 get through.
@@ -17,27 +17,19 @@ import pytest
 
 from tests.conftest import KAFKA_SH, _free_port
 
+CERTS_SH = KAFKA_SH.parent / "certs.sh"
+
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
 
-def _openssl(*args: str, cwd) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 def _certificates(d) -> None:
-    """ca.crt, and kafka.p12 (key + certificate for 127.0.0.1 / localhost, signed by the CA)."""
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "2", "-subj", "/CN=linewatch test CA", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "kafka.key", "-out", "kafka.csr",
-             "-subj", "/CN=localhost", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "kafka.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "kafka.crt", "-days", "2", "-extfile", "san.ext", cwd=d)
-    _openssl("pkcs12", "-export", "-in", "kafka.crt", "-inkey", "kafka.key", "-certfile", "ca.crt",
-             "-out", "kafka.p12", "-passout", "pass:keystore-secret", cwd=d)
-    # a second CA that signed nothing: a client trusting only it must refuse the broker
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.crt",
-             "-days", "2", "-subj", "/CN=someone else", cwd=d)
+    """The deployments' script: ca.crt, kafka.keystore.p12 (+ its password) for 127.0.0.1 and
+    localhost; and a second CA that signed nothing (a client trusting only it must refuse)."""
+    subprocess.run(["bash", str(CERTS_SH), str(d), "localhost", "127.0.0.1"], check=True, capture_output=True,
+                   timeout=120)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key",
+                    "-out", "other.crt", "-days", "2", "-subj", "/CN=someone else"], cwd=d, check=True,
+                   capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +38,14 @@ def sasl_ssl_broker(tmp_path_factory):
     _certificates(d)
     port, sport = _free_port(), _free_port()
     env = {**os.environ, "KAFKA_WATCH_PID": str(os.getpid()), "KAFKA_SASL_SSL_PORT": str(sport),
-           "KAFKA_SSL_KEYSTORE": str(d / "kafka.p12"), "KAFKA_SSL_KEYSTORE_PASSWORD": "keystore-secret",
-           "KAFKA_SCRAM_USER": "linewatch", "KAFKA_SCRAM_PASSWORD": "scram-secret"}
+           "KAFKA_SSL_KEYSTORE": str(d / "kafka.keystore.p12"),
+           "KAFKA_SSL_KEYSTORE_PASSWORD": (d / "keystore_password").read_text().strip(),
+           "KAFKA_SCRAM_USER": "linewatch", "KAFKA_SCRAM_PASSWORD": (d / "kafka_password").read_text().strip()}
     started = subprocess.run(["bash", str(KAFKA_SH), "start", str(d / "broker"), str(port)], env=env,
                              capture_output=True, text=True, timeout=600)
     try:
         if started.returncode != 0:
             pytest.fail(f"could not start Kafka with SASL_SSL:\n{started.stderr[-4000:]}", pytrace=False)
-        (d / "password").write_text("scram-secret\n")
         yield d, sport
     finally:
         subprocess.run(["bash", str(KAFKA_SH), "stop", str(d / "broker")], timeout=120)
@@ -64,7 +56,7 @@ def _settings(d, sport, **overrides):
 
     values = dict(kafka_bootstrap=f"127.0.0.1:{sport}", kafka_security_protocol="SASL_SSL",
                   kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="linewatch",
-                  kafka_sasl_password_file=d / "password", kafka_ssl_cafile=str(d / "ca.crt"),
+                  kafka_sasl_password_file=d / "kafka_password", kafka_ssl_cafile=str(d / "ca.crt"),
                   topic_prefix="sasl")
     values.update(overrides)
     return KafkaSettings(**values)
@@ -77,7 +69,7 @@ def test_clients_connect_with_scram_over_tls(sasl_ssl_broker):
 
     d, sport = sasl_ssl_broker
     settings = _settings(d, sport)
-    assert settings.client_kwargs()["sasl_plain_password"] == "scram-secret"
+    assert settings.client_kwargs()["sasl_plain_password"] == (d / "kafka_password").read_text().strip()
     ensure_topics(settings, 1)
     producer = KafkaProducer(**settings.client_kwargs())
     try:
