@@ -15,6 +15,11 @@ class CradConfig:
     pretrained: bool = True  # False: random init (tests) or weights restored from a checkpoint
     # timm ``features_only`` indices of the two fused stages: stride 8 and stride 16 for EfficientNets
     feature_indices: tuple[int, int] = (2, 3)
+    # each feature averaged over its aggregate x aggregate neighbourhood (PatchCore's local context; 1 = off)
+    aggregate: int = 3
+    # features standardised per channel with the training set's mean and std (stored in the model), so
+    # that no channel dominates ||F - R'|| by its scale alone
+    standardise: bool = True
     local_grid: int = 8  # local memory: grid_size x grid_size entries addressed by pixel position
     global_grid: int = 4  # global memory: entries addressed by coordinates predicted from the whole image
     hidden: int = 128  # width of the CNN blocks that fuse local and global memory reads
@@ -31,6 +36,8 @@ class CradConfig:
             raise ValueError("CRAD fuses two consecutive backbone stages (stride 8 and 16): feature_indices (i, i+1)")
         if self.image_size % 32:
             raise ValueError(f"image size {self.image_size} must be a multiple of 32")
+        if self.aggregate < 1 or self.aggregate % 2 == 0:
+            raise ValueError(f"aggregate must be an odd neighbourhood size >= 1, got {self.aggregate}")
         if not self.score_pool:
             self.score_pool = max(1, self.image_size // 8)
 
@@ -39,6 +46,7 @@ class CradConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CradConfig":
+        d = {"aggregate": 1, "standardise": False, **d}  # checkpoints from before these options had neither
         return cls(**d)
 
 

@@ -1,6 +1,6 @@
 """CRAD: continuous learnable grids as a memory of normal features of a frozen CNN.
 
-    frames --(frozen CNN, stride 8 + 16 fused)--> F [B,C,H,W]
+    frames --(frozen CNN, stride 8 + 16 fused, 3x3 neighbourhood mean, per-channel standardised)--> F [B,C,H,W]
     local read:  coordinates predicted per pixel from F   -> bilinear read of an 8x8 grid of C-vectors
     global read: coordinates predicted from pooled F      -> bilinear read of a 4x4 grid of whole C x H x W maps
     both reads --(CNN blocks)--> reconstruction R of F (made only of normal memory)
@@ -43,17 +43,42 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("std", std, persistent=False)
         self.channels = int(sum(i["num_chs"] for i in info))
         self.stride = int(info[0]["reduction"])
+        self.aggregate = int(cfg.aggregate)
+        if cfg.standardise:  # set from the training features by fit_standardisation; stored in the checkpoint
+            self.register_buffer("feat_mean", torch.zeros(1, self.channels, 1, 1))
+            self.register_buffer("feat_std", torch.ones(1, self.channels, 1, 1))
+        else:
+            self.feat_mean = self.feat_std = None
+
+    @torch.no_grad()
+    def fit_standardisation(self, feats: torch.Tensor) -> None:
+        """Per-channel mean and std of raw training features ``[N,C,H,W]`` (no-op without standardisation)."""
+        if self.feat_mean is not None:
+            self.feat_mean.copy_(feats.mean(dim=(0, 2, 3), keepdim=True))
+            self.feat_std.copy_(feats.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6))
+
+    def standardised(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats if self.feat_mean is None else (feats - self.feat_mean) / self.feat_std
 
     def train(self, mode: bool = True) -> "FeatureExtractor":  # always frozen, always eval
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] ``[B,3,S,S]`` -> features ``[B,C,S/8,S/8]``."""
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] ``[B,3,S,S]`` -> fused, neighbourhood-averaged features ``[B,C,S/8,S/8]``."""
         fine, coarse = self.net.forward_intermediates((x - self.mean) / self.std, indices=self.indices,
                                                       intermediates_only=True, stop_early=True)
         coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.cat([fine, coarse], dim=1).float()
+        feats = torch.cat([fine, coarse], dim=1).float()
+        if self.aggregate > 1:
+            feats = F.avg_pool2d(feats, self.aggregate, stride=1, padding=self.aggregate // 2,
+                                 count_include_pad=False)
+        return feats
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] ``[B,3,S,S]`` -> the features the memory reconstructs ``[B,C,S/8,S/8]``."""
+        return self.standardised(self.raw(x))
 
 
 class BasicBlock(nn.Module):

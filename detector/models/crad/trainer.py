@@ -1,5 +1,6 @@
-"""CRAD training: the backbone's features are computed once and cached (it is frozen), then the
-grids and the network learn to reconstruct them, end to end, on normal images only.
+"""CRAD training: the backbone's features are computed once and cached (it is frozen), their
+per-channel mean and std are stored in the model (standardisation), then the grids and the network
+learn to reconstruct the standardised features, end to end, on normal images only.
 
 Loss: MSE between the input features and their *refined* reconstruction R' (as the reference
 code does).  The cosine similarity enters through the refinement map S, so no separate cosine
@@ -29,7 +30,7 @@ def cache_features(model: CradModel, images: torch.Tensor, batch: int = 16, prog
     out = []
     for i in tqdm(range(0, len(images), batch), desc="CRAD features (cached)", disable=not progress, leave=False):
         with autocast(images.device):
-            out.append(model.features(images[i:i + batch].float() / 255.0).float())
+            out.append(model.features.raw(images[i:i + batch].float() / 255.0).float())
     return torch.cat(out)
 
 
@@ -40,6 +41,9 @@ def fit(cfg: CradConfig, tc: CradTrainConfig, data: TrainingSet, device: torch.d
     t0 = time.perf_counter()
     model = (init if init is not None else CradModel(cfg)).to(device)
     feats = cache_features(model, data.train, progress=progress)
+    if init is None:  # a warm start keeps the statistics its memory was trained on
+        model.features.fit_standardisation(feats)
+    feats = model.features.standardised(feats)
     grids = [model.memory.local_grid, model.memory.global_grid]
     net = [p for n, p in model.memory.named_parameters() if n not in ("local_grid", "global_grid")]
     opt = torch.optim.AdamW([{"params": net, "lr": tc.lr, "weight_decay": tc.weight_decay},
