@@ -26,7 +26,7 @@ from .errors import UserError
 __all__ = ["Command", "UserError", "add_command", "main"]
 
 PROG = "linewatch-detector"
-PLUGIN_MODULES = ("detector.service.cli", "detector.models.efficientad.cli", "detector.export")
+PLUGIN_MODULES = ("detector.service.cli", "detector.models.efficientad.cli", "detector.export", "detector.gpu_check")
 ENTRY_POINT_GROUP = "linewatch.detector_commands"
 
 
@@ -105,7 +105,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--product", default=None, help="product name stored in the checkpoint (default: folder name)")
     p.add_argument("--model", default=DEFAULT_MODEL, choices=model_names(), metavar="NAME",
                    help=f"model family or variant (default {DEFAULT_MODEL}); see the list below")
-    p.add_argument("--profile", default="auto", choices=["auto", "cpu", "gpu"],
+    p.add_argument("--profile", default="auto", choices=["auto", "cpu", "gpu", "smoke"],
                    help="size and length defaults for the machine: auto = gpu when CUDA is available, else cpu "
                         "(what each costs is listed below); explicit options override them")
     p.add_argument("--target-far", type=float, default=0.01,

@@ -74,7 +74,9 @@ class ModelFamily(ABC):
     summary: ClassVar[str]  # one line for --help
     config_cls: ClassVar[type]  # architecture (stored in the checkpoint; rebuilds the module)
     train_config_cls: ClassVar[type]  # training hyper-parameters (stored in the checkpoint's meta)
-    profiles: ClassVar[dict[str, Profile]]  # at least "cpu" and "gpu"
+    # "cpu" and "gpu": the settings for that machine; "smoke": seconds on a CPU, painted toy defects only
+    # (installation checks such as ``gpu-check --dry-run``, and the tests)
+    profiles: ClassVar[dict[str, Profile]]
     # named option sets, benchmarked and trainable by name (``--model NAME``); the first is the default
     variants: ClassVar[dict[str, dict[str, Any]]]
     unified: ClassVar[bool] = False  # one model can serve several products

@@ -1,7 +1,7 @@
 """Every registered model family through the family-neutral layer: tiny training, checkpoint, Detector.
 
 The families are found through the registry, so a new family is tested here without a new test:
-its tiny settings come from ``TINY`` (a family missing there fails, on purpose).
+its tiny settings are its ``smoke`` profile (a family without one fails, on purpose).
 """
 
 from __future__ import annotations
@@ -18,22 +18,17 @@ from detector.workflow import train_model
 
 from .conftest import masker_config
 
-# the smallest settings at which each family still separates the toy defects (64 px toy images)
-TINY: dict[str, dict] = {
-    "ear-fader": {"image_size": 64, "unet_channels": 8, "mosaic_scale": 8, "mask_quantile": 0.5, "auto_m": False,
-                  "auto_q": False, "epochs_ear": 25, "epochs_fader": 8},
-    "crad": {"image_size": 64, "hidden": 32, "blocks": 1, "epochs": 12, "batch_size": 8},
-    # a random teacher (no distilled file in CI), PDN at 1/8 width, a fast and less selective hard loss
-    "efficientad": {"image_size": 64, "net_size": 64, "width": 0.125, "ae_channels": 16, "pretrained": False,
-                    "steps": 150, "batch_size": 4, "lr": 1e-3, "hard_quantile": 0.9, "penalty": False},
-}
-
-
 def _tiny(family: str) -> dict:
-    o = dict(TINY[family])
+    """The family's ``smoke`` profile as overrides (the smallest settings at which it still separates the
+    toy defects), with the test masker for EAR + FADeR."""
+    prof = get_family(family).profiles["smoke"]
+    o = {**prof.config, **prof.train}
     if family == "ear-fader":
         o["masker"] = masker_config().to_dict()
     return o
+
+
+FAMILIES = sorted(f.name for f in families())
 
 
 def _frames(root: Path) -> tuple[list[np.ndarray], np.ndarray]:
@@ -54,15 +49,15 @@ def test_registry_names_every_family_and_its_variants():
         resolve_model("nope")
     for fam in families():
         assert {"cpu", "gpu"} <= set(fam.profiles) and all(p.cost for p in fam.profiles.values())
-        assert fam.name in TINY, f"add tiny test settings for the new family {fam.name}"
+        assert "smoke" in fam.profiles, f"{fam.name} needs a smoke profile (seconds on a CPU, toy defects)"
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_family_round_trips_train_save_load_predict(family, toy_dataset, tmp_path):
     torch.manual_seed(0)
     fam = get_family(family)
     out = tmp_path / f"{family}.pt"
-    s = train_model(None, out, data=[toy_dataset], model=family, profile="cpu", overrides=_tiny(family),
+    s = train_model(None, out, data=[toy_dataset], model=family, profile="smoke", overrides=_tiny(family),
                     device="cpu", progress=False)
     assert s["family"] == family and s["metrics"]["image_auroc"] > 0.9, s["metrics"]
     det = Detector.load(out, device="cpu")
@@ -144,3 +139,16 @@ def test_cpu_profile_is_the_default_on_a_cpu_and_fits_its_budget():
         gcfg, gtc = fam.configs(profile="gpu")
         assert cfg.image_size <= gcfg.image_size
         assert "min" in fam.profiles["cpu"].cost  # says what it costs
+
+
+def test_crad_config_written_before_standardisation_keeps_its_features():
+    from detector.models.crad import CradConfig
+
+    old = CradConfig(pretrained=False).to_dict()
+    for key in ("aggregate", "standardise"):
+        old.pop(key)
+    cfg = CradConfig.from_dict(old)
+    assert (cfg.aggregate, cfg.standardise) == (1, False)  # what the checkpoint's memory was trained on
+    assert (CradConfig().aggregate, CradConfig().standardise) == (3, True)
+    with pytest.raises(ValueError, match="odd neighbourhood"):
+        CradConfig(aggregate=2)

@@ -38,6 +38,9 @@ class Crad(ModelFamily):
                        config={"image_size": 256, "hidden": 64, "blocks": 2}, train={"passes": 6000}),
         "gpu": Profile("256 px, 7 fusion blocks of width 256, 50 epochs (the paper's length)",
                        config={"image_size": 256, "hidden": 256, "blocks": 7}, train={"epochs": 50}),
+        "smoke": Profile("64 px, 1 fusion block of width 32, 12 epochs: seconds; checks an installation end to end "
+                         "(it detects painted toy defects, not real ones)",
+                         config={"image_size": 64, "hidden": 32, "blocks": 1}, train={"epochs": 12, "batch_size": 8}),
     }
     variants = {"crad": {}}
 

@@ -47,6 +47,11 @@ class EarFader(ModelFamily):
         "gpu": Profile("the paper's settings, 256 px, width 32, 100 + 100 epochs: hours on a CPU",
                        config={"image_size": 256, "unet_channels": 32},
                        train={"epochs_ear": 100, "epochs_fader": 100}),
+        "smoke": Profile("64 px, width 8, 25 + 8 epochs, fixed mosaic: seconds; checks an installation end to end "
+                         "(it detects painted toy defects, not real ones)",
+                         config={"image_size": 64, "unet_channels": 8, "mosaic_scale": 8, "mask_quantile": 0.5,
+                                 "masker": {"input_size": 64}},
+                         train={"epochs_ear": 25, "epochs_fader": 8, "auto_m": False, "auto_q": False}),
     }
     variants = {
         "fader": {"fader": {}},

@@ -38,6 +38,11 @@ class EfficientAD(ModelFamily):
                        config=dict(net_size=128, width=0.5, ae_channels=32), train=dict(steps=2000)),
         "gpu": Profile(cost="the paper's layout (nets at 256 px, full width), 70000 steps: ~1 h per category on one GPU",
                        config=dict(net_size=256, width=1.0, ae_channels=64), train=dict(steps=70000)),
+        # a random teacher (no distilled file needed), PDN at 1/8 width, a fast and less selective hard loss
+        "smoke": Profile(cost="64 px, random teacher at 1/8 width, 150 steps: seconds; checks an installation end to "
+                              "end (it detects painted toy defects, not real ones)",
+                         config=dict(image_size=64, net_size=64, width=0.125, ae_channels=16, pretrained=False),
+                         train=dict(steps=150, batch_size=4, lr=1e-3, hard_quantile=0.9, penalty=False)),
     }
     variants = {
         "efficientad-s": dict(size="s"),
