@@ -379,6 +379,9 @@ def open_runtime(path: str | Path, backend: str = "torch", device: str = "auto",
 
         if precision != "fp32":
             raise ValueError(f"precision {precision} needs an export folder (linewatch-detector export --int8)")
+        if backend == "torchscript":
+            raise RuntimeUnavailable(f"backend torchscript runs an export folder, not a checkpoint: "
+                                     f"linewatch-detector export --checkpoint {path} --format torchscript first")
         dev = resolve_device(device)
         module, meta, sha = load_model(path, dev)
         version, size = sha[:12], int(module.image_size)

@@ -139,6 +139,13 @@ def test_backend_that_cannot_run_the_format_is_refused(tiny, tmp_path):
         open_export_runtime(info, "onnxruntime")
 
 
+def test_torchscript_on_a_checkpoint_says_to_export_first(trained):
+    from detector.runtimes import open_runtime
+
+    with pytest.raises(RuntimeUnavailable, match="export --checkpoint .* --format torchscript first"):
+        open_runtime(trained["checkpoint"], "torchscript", device="cpu")
+
+
 def test_fastest_keeps_the_quicker_runtime_and_skips_broken_ones(tiny, caplog):
     class Slow(TorchRuntime):
         name = "slow"
