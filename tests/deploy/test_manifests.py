@@ -84,10 +84,10 @@ def test_k8s_validation_rejects_a_misspelt_field():
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
 
 
-def _validate_scaledobject(doc: dict) -> None:
-    from cloudcoil.models.keda.v1alpha1 import ScaledObject
+def _validate_keda(doc: dict) -> None:
+    from cloudcoil.models.keda import v1alpha1
 
-    obj = ScaledObject.model_validate(doc)
+    obj = getattr(v1alpha1, doc["kind"]).model_validate(doc)
     round_trip = obj.model_dump(by_alias=True, exclude_unset=True, mode="json")
     if round_trip != doc:
         raise ValueError(f"fields the ScaledObject CRD does not know: {json.dumps(doc)} -> {json.dumps(round_trip)}")
@@ -95,17 +95,18 @@ def _validate_scaledobject(doc: dict) -> None:
 
 def test_keda_scaledobject_matches_crd():
     pytest.importorskip("cloudcoil.models.keda", reason="cloudcoil.models.keda (test extra) not installed")
-    [doc] = _docs(K8S / "detector-scaledobject.yaml")
-    _validate_scaledobject(doc)
+    doc, auth = _docs(K8S / "detector-scaledobject.yaml")
+    _validate_keda(doc)
+    _validate_keda(auth)
 
     bad = copy.deepcopy(doc)
     bad["spec"]["maxReplicaCount"] = "six"
     with pytest.raises(Exception, match="maxReplicaCount"):
-        _validate_scaledobject(bad)
+        _validate_keda(bad)
     typo = copy.deepcopy(doc)
     typo["spec"]["cooldownPeriods"] = typo["spec"].pop("cooldownPeriod")
     with pytest.raises(ValueError, match="does not know"):
-        _validate_scaledobject(typo)
+        _validate_keda(typo)
 
 
 def test_keda_scales_the_detector_on_its_group_and_topic():
@@ -113,9 +114,15 @@ def test_keda_scales_the_detector_on_its_group_and_topic():
     from detector.service.settings import ServiceSettings
     from ingest.kafka_config import KafkaSettings
 
-    [so] = _docs(K8S / "detector-scaledobject.yaml")
+    so, auth = _docs(K8S / "detector-scaledobject.yaml")
     config = _docs(K8S / "config.yaml")[0]["data"]
     [trigger] = so["spec"]["triggers"]
+    # over SASL_SSL / SCRAM-SHA-512 like the services, credentials from the clients' Secret
+    assert trigger["metadata"]["sasl"] == "scram_sha512" and trigger["metadata"]["tls"] == "enable"
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    assert set(refs) == {"username", "password", "ca"} and {n for n, _ in refs.values()} == {"linewatch-kafka"}
+    assert trigger["metadata"]["bootstrapServers"].rsplit(":", 1)[1] == config["LINEWATCH_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1]
     assert trigger["type"] == "kafka"
     meta = trigger["metadata"]
     assert meta["consumerGroup"] == ServiceSettings().group
@@ -253,8 +260,8 @@ def test_k8s_network_policies_allow_only_the_pipeline_flows():
         return _ingress_allowed(policies, src, ns, dst, port)
 
     for client in ("ingest", "detector", "writer", "bridge-mqtt", "linewatch-init"):
-        assert allowed(client, "kafka", 9092), client
-    assert allowed(None, "kafka", 9092, ns="keda")  # the ScaledObject reads the group's lag
+        assert allowed(client, "kafka", 9094), client
+    assert allowed(None, "kafka", 9094, ns="keda")  # the ScaledObject reads the group's lag
     for client in ("writer", "dashboard", "retrain", "linewatch-init", "linewatch-first-model"):
         assert allowed(client, "postgres", 5432), client
     assert allowed(None, "dashboard", 8501, ns="ingress-nginx")
@@ -265,7 +272,8 @@ def test_k8s_network_policies_allow_only_the_pipeline_flows():
     assert allowed("dashboard", "detector", 9102)  # LINEWATCH_DETECTOR_METRICS_URL
     # what does not flow is refused
     for src, dst, port in (("ingest", "postgres", 5432), ("detector", "postgres", 5432),
-                           ("dashboard", "kafka", 9092), ("retrain", "kafka", 9092), ("ingest", "dashboard", 8501),
+                           ("dashboard", "kafka", 9094), ("retrain", "kafka", 9094), ("ingest", "dashboard", 8501),
+                           ("ingest", "kafka", 9092),
                            ("writer", "kafka", 9093), ("detector", "writer", 9103)):
         assert not allowed(src, dst, port), (src, dst, port)
     assert not allowed(None, "dashboard", 8501, ns="monitoring")
@@ -302,16 +310,16 @@ def _secrets_used(spec: dict) -> set[str]:
 
 K8S_SECRETS = {  # workload -> the Secrets it may read, no more
     "postgres": {"postgres"},
-    "linewatch-init": {"linewatch-database", "linewatch-admin"},
+    "linewatch-init": {"linewatch-database", "linewatch-admin", "linewatch-kafka"},
     "linewatch-first-model": {"linewatch-database"},
-    "writer": {"linewatch-database"},
+    "writer": {"linewatch-database", "linewatch-kafka"},
     "dashboard": {"linewatch-database"},
     "retrain-flange": {"linewatch-database"},
-    "detector": set(),
-    "ingest-cam-1": set(),
-    "bridge-mqtt": set(),
-    "bridge-opcua": set(),
-    "kafka": set(),
+    "detector": {"linewatch-kafka"},
+    "ingest-cam-1": {"linewatch-kafka"},
+    "bridge-mqtt": {"linewatch-kafka"},
+    "bridge-opcua": {"linewatch-kafka"},
+    "kafka": {"kafka-server"},
 }
 
 
@@ -327,6 +335,51 @@ def test_k8s_each_pod_gets_only_the_secrets_it_uses():
                     ref = e.get("valueFrom", {}).get("secretKeyRef")
                     if ref:
                         assert ref["key"] in example[ref["name"]], (d["metadata"]["name"], ref)
+
+
+def test_k8s_kafka_is_sasl_ssl_with_scram_and_clients_use_it():
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in _all_k8s()}
+    broker = _pod_specs(docs[("StatefulSet", "kafka")])[0]
+    [c] = broker["containers"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    example = {d["metadata"]["name"]: set(d["stringData"]) for d in _docs(K8S / "secret.example.yaml")}
+    volumes = {v["name"]: v for v in broker["volumes"]}
+    files = set()
+    for m in c["volumeMounts"]:
+        secret = volumes.get(m["name"], {}).get("secret")
+        if secret:
+            files |= {f"{m['mountPath']}/{key}" for key in example[secret["secretName"]]}
+    port = _check_sasl_ssl_broker(env, files)
+    assert "SCRAM-SHA-512=[password=$$(cat /etc/kafka/secrets/kafka_password)]" in c["command"][-1]
+    assert "SCRAM-SHA-512" in " ".join(c["readinessProbe"]["exec"]["command"])
+    jaas_path = env["KAFKA_OPTS"].split("=", 1)[1]
+    jaas_mount = next(m for m in c["volumeMounts"] if jaas_path.startswith(m["mountPath"] + "/"))
+    jaas = docs[("ConfigMap", volumes[jaas_mount["name"]]["configMap"]["name"])]["data"]
+    assert "ScramLoginModule required" in jaas[jaas_path.rsplit("/", 1)[1]]
+    # the Services offer the SASL_SSL port, never the plaintext one
+    for name in ("kafka", "kafka-headless"):
+        ports = {str(p["port"]) for p in docs[("Service", name)]["spec"]["ports"]}
+        assert port in ports and "9092" not in ports, name
+
+    config = _docs(K8S / "config.yaml")[0]["data"]
+    clients = 0
+    for (kind, name), doc in docs.items():
+        for spec in _pod_specs(doc):
+            if "linewatch-kafka" not in _secrets_used(spec):
+                continue
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            for c in spec["containers"]:
+                env = _env(c)
+                values = {**config, **{k: "from-secret" for k in env if k.startswith("LINEWATCH_KAFKA_SASL_")}}
+                _check_kafka_client_env(values, port)
+                for key in ("LINEWATCH_KAFKA_SASL_USERNAME", "LINEWATCH_KAFKA_SASL_PASSWORD"):
+                    assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "linewatch-kafka", (name, key)
+                ca_dir, ca_file = config["LINEWATCH_KAFKA_SSL_CAFILE"].rsplit("/", 1)
+                mount = next(m for m in c["volumeMounts"] if m["mountPath"] == ca_dir)
+                assert volumes[mount["name"]]["secret"]["secretName"] == "linewatch-kafka", name
+                assert ca_file in example["linewatch-kafka"]
+                clients += 1
+    assert clients == 6  # ingest, detector, writer, two bridges, init
 
 
 def test_k8s_dashboard_trusts_the_one_ingress_hop():
@@ -493,7 +546,7 @@ def _check_kafka_client_env(env: dict, port: str) -> None:
 
     values = {k.removeprefix("LINEWATCH_").lower(): v for k, v in env.items()
               if k.startswith("LINEWATCH_KAFKA_") and k != "LINEWATCH_KAFKA_SASL_PASSWORD_FILE"}
-    kwargs = KafkaSettings(**values, kafka_sasl_password="x").client_kwargs()
+    kwargs = KafkaSettings(**{"kafka_sasl_password": "x", **values}).client_kwargs()
     assert kwargs["security_protocol"] == "SASL_SSL" and kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
     assert kwargs["sasl_plain_username"] and kwargs["ssl_cafile"]
     assert all(b.split(":")[0].startswith("kafka") and b.endswith(f":{port}") for b in kwargs["bootstrap_servers"])
