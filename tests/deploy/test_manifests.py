@@ -577,6 +577,17 @@ def test_compose_kafka_is_sasl_ssl_with_scram_and_only_clients_get_its_secrets()
             assert not secrets & {"kafka_keystore", "kafka_keystore_password"}, name
 
 
+def test_compose_containers_run_locked_down():
+    doc = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+    for name, service in doc["services"].items():
+        assert "no-new-privileges:true" in service["security_opt"], name
+        if service.get("build"):  # linewatch's own image
+            assert service["cap_drop"] == ["ALL"] and service["read_only"] is True, name
+            assert "/tmp" in service["tmpfs"] and service["environment"]["HOME"] == "/tmp", name
+        assert not any(str(p).split(":")[-1] in ("9102", "9103", "9104", "9105")
+                       for p in service.get("ports", [])), name  # health ports stay inside
+
+
 def test_image_ships_the_scripts_the_deployments_call():
     dockerfile = (REPO / "Dockerfile").read_text()
     ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
