@@ -84,6 +84,22 @@ def _fps(predict, frames: list[np.ndarray], batch: int, seconds: float) -> dict[
     return {"wall": len(chunk) / best, "cpu": len(chunk) / statistics.median(cpu)}
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory, MiB.
+
+    ``/proc/self/status`` VmHWM belongs to the current address space.  ``ru_maxrss`` does not: Linux
+    carries the forked parent's peak across ``exec``, so a child started by a parent holding cached
+    features reported the parent's gigabytes as its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
+
+
 def _time_in_child(target: str, frames: list[np.ndarray], seconds: float, threads: int, queue) -> None:
     """In a fresh process: load the checkpoint (or a pickled anchor module), time it, report peak RSS."""
     torch.set_num_threads(threads)
@@ -104,7 +120,7 @@ def _time_in_child(target: str, frames: list[np.ndarray], seconds: float, thread
             return module(x.contiguous())
     f1, f8 = _fps(predict, frames, 1, seconds), _fps(predict, frames, 8, seconds)
     queue.put({"fps_b1": f1["wall"], "fps_b8": f8["wall"], "cpu_fps_b1": f1["cpu"], "cpu_fps_b8": f8["cpu"],
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "timing_threads": threads})
+               "peak_rss_mb": peak_rss_mb(), "timing_threads": threads})
 
 
 def time_model(target: str | Path, frames: list[np.ndarray], seconds: float, threads: int) -> dict[str, float]:

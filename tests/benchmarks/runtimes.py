@@ -9,7 +9,7 @@ models, calibrated on the category's normal training images), which checks parit
 images; then one fresh process per row (checkpoint x backend x precision) that loads the model with
 ``detector.runtimes.open_runtime``, scores the whole test set at batch 8 (-> image AUROC) and
 times batch 1 and batch 8 on test images for ``--seconds`` each (frames/s = frames / wall time,
-after one warm-up call).  Peak RSS is that process's (``ru_maxrss``): model, runtime and buffers.
+after one warm-up call).  Peak RSS is that process's own (VmHWM): model, runtime and buffers.
 Every backend gets the same thread count (``--threads``).  Rows run one after another, so compare
 only within one run, and say what else was running on the machine.
 """
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -58,6 +57,7 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(spec["threads"])
+    from detector.benchmark import peak_rss_mb
     from detector.export import category_images, run_all
     from detector.metrics import image_auroc
     from detector.runtimes import open_runtime
@@ -79,7 +79,7 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         res[f"fps_b{batch}"] = n / wall
         res[f"cpu_ms_per_frame_b{batch}"] = 1000.0 * cpu / n
-    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    res["peak_rss_mib"] = peak_rss_mb()
     return res
 
 
