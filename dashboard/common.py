@@ -117,15 +117,22 @@ def current_user() -> CurrentUser | None:
 
 
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+# GitHub-flavoured Markdown turns bare "http://", "www." and "name@host" into links even when their
+# punctuation is escaped; an invisible word joiner after ':', '.' and '@' breaks those patterns
+_AUTOLINK_BREAK = re.compile(r"([:.@])")
+WORD_JOINER = "\u2060"
 
 
 def md_text(value: object) -> str:
-    """``value`` as literal text inside Streamlit Markdown: every ASCII punctuation character escaped.
+    """``value`` as literal text inside Streamlit Markdown: every ASCII punctuation character escaped,
+    and a word joiner (invisible) after each ':', '.' and '@' so that no address becomes a link.
 
     Values that come from cameras and producers (camera, line, part, product, model version) go
-    through this, so ``[x](http://...)``, ``**``, ``_`` or a ``www.`` address are shown, never rendered.
+    through this, so ``[x](http://...)``, ``**``, ``_``, ``www.`` or e-mail addresses are shown, never
+    rendered or linked (checked in Chromium: ``tests/dashboard/test_browser_plain_text.py``).
     """
-    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", str(value))
+    text = _AUTOLINK_BREAK.sub(r"\1" + WORD_JOINER, str(value))
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
 
 
 def authorize(needed: str) -> CurrentUser | None:

@@ -411,6 +411,7 @@ def test_camera_sourced_values_are_plain_text_on_the_review_page(seeded):
     """A model version (free text from a producer) with a link and emphasis is shown, not rendered."""
     from datetime import datetime, timedelta, timezone
 
+    from dashboard.common import WORD_JOINER
     from storage.results import store_results
     from tests.storage.helpers import make_result
 
@@ -423,4 +424,4 @@ def test_camera_sourced_values_are_plain_text_on_the_review_page(seeded):
     assert not at.exception
     body = next(m.value for m in at.markdown if "**Model**" in m.value)
     assert "[phish](" not in body and "**b**" not in body and "**Camera** cam__x__" not in body
-    assert r"\[phish\]\(http\:\/\/evil\.example\)" in body and r"cam\_\_x\_\_" in body
+    assert r"\[phish\]\(http\:\/\/evil\.example\)" in body.replace(WORD_JOINER, "") and r"cam\_\_x\_\_" in body
