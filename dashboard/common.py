@@ -118,20 +118,21 @@ def current_user() -> CurrentUser | None:
 
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 # GitHub-flavoured Markdown turns bare "http://", "www." and "name@host" into links even when their
-# punctuation is escaped; an invisible word joiner after ':', '.' and '@' breaks those patterns
+# punctuation is escaped; an invisible word joiner on both sides of ':', '.' and '@' breaks those patterns
+# (after the character alone is not enough: "www." followed by a joiner still starts a link)
 _AUTOLINK_BREAK = re.compile(r"([:.@])")
 WORD_JOINER = "\u2060"
 
 
 def md_text(value: object) -> str:
     """``value`` as literal text inside Streamlit Markdown: every ASCII punctuation character escaped,
-    and a word joiner (invisible) after each ':', '.' and '@' so that no address becomes a link.
+    and a word joiner (invisible) on both sides of each ':', '.' and '@' so that no address becomes a link.
 
     Values that come from cameras and producers (camera, line, part, product, model version) go
     through this, so ``[x](http://...)``, ``**``, ``_``, ``www.`` or e-mail addresses are shown, never
     rendered or linked (checked in Chromium: ``tests/dashboard/test_browser_plain_text.py``).
     """
-    text = _AUTOLINK_BREAK.sub(r"\1" + WORD_JOINER, str(value))
+    text = _AUTOLINK_BREAK.sub(WORD_JOINER + r"\1" + WORD_JOINER, str(value))
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
 
 
