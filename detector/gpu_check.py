@@ -93,11 +93,11 @@ def _fps(det, frames: list[np.ndarray], batch: int, seconds: float) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from scipy.stats import spearmanr
-    from sklearn.metrics import roc_auc_score
 
     from .checkpoint import load_model
     from .data import MVTecFolder, read_image
     from .inference import Detector
+    from .metrics import image_auroc
     from .runtimes import available_backends
     from .scoring import load_test
     from .workflow import train_model
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         labels = np.array([x.label for x in loaded.samples])
         module, _, _ = load_model(work / "model.pt", device)
         full, mixed = _scores(module, images, mixed=False), _scores(module, images, mixed=True)
-        auroc_full, auroc_mixed = roc_auc_score(labels, full), roc_auc_score(labels, mixed)
+        auroc_full, auroc_mixed = image_auroc(labels, full), image_auroc(labels, mixed)
         rho = float(spearmanr(full, mixed).statistic)
         res["autocast"] = {"auroc_float32": round(auroc_full, 4), "auroc_autocast": round(auroc_mixed, 4),
                            "rank_correlation": round(rho, 5),
