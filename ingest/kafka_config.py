@@ -24,7 +24,7 @@ hosts use SASL_SSL with SCRAM-SHA-512 (what deploy/compose and deploy/k8s config
     LINEWATCH_KAFKA_SECURITY_PROTOCOL=SASL_SSL
     LINEWATCH_KAFKA_SASL_MECHANISM=SCRAM-SHA-512
     LINEWATCH_KAFKA_SASL_USERNAME=linewatch
-    LINEWATCH_KAFKA_SASL_PASSWORD_FILE=/run/secrets/kafka_password   # or LINEWATCH_KAFKA_SASL_PASSWORD
+    LINEWATCH_KAFKA_SASL_PASSWORD_FILE=/run/secrets/kafka_password   # a secret / credential (ingest.secrets)
     LINEWATCH_KAFKA_SSL_CAFILE=/run/secrets/kafka_ca.crt             # the CA that signed the broker's certificate
 
 The broker's certificate must name the host clients connect to (hostnames are checked).
@@ -37,6 +37,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.secrets import password_setting
 
 
 class KafkaSettings(BaseSettings):
@@ -51,7 +53,8 @@ class KafkaSettings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_sasl_password_file: Path | None = Field(
-        None, description="file holding the SASL password (a Docker / systemd secret); wins over kafka_sasl_password")
+        None, description="file holding the SASL password (a Docker secret, a systemd credential); wins over "
+        "kafka_sasl_password; an empty file gives none")
     kafka_ssl_cafile: str | None = None
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
@@ -70,13 +73,19 @@ class KafkaSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _password_from_file(self) -> "KafkaSettings":
-        if self.kafka_sasl_password_file is not None:
-            try:
-                self.kafka_sasl_password = self.kafka_sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as e:
-                raise ValueError(f"LINEWATCH_KAFKA_SASL_PASSWORD_FILE: cannot read {self.kafka_sasl_password_file}: "
-                                 f"{e.strerror}") from None
+        self.kafka_sasl_password = password_setting(
+            self.kafka_sasl_password_file, "LINEWATCH_KAFKA_SASL_PASSWORD_FILE", self.kafka_sasl_password)
         return self
+
+    def _require_password(self) -> None:
+        # checked when connecting, not when the settings load: pods and units that share the SASL
+        # settings but never talk to Kafka get no password, and must still start
+        mechanism = (self.kafka_sasl_mechanism or "").upper()
+        if (mechanism == "PLAIN" or mechanism.startswith("SCRAM")) and not self.kafka_sasl_password:
+            where = (f"LINEWATCH_KAFKA_SASL_PASSWORD_FILE ({self.kafka_sasl_password_file}) is empty"
+                     if self.kafka_sasl_password_file is not None else
+                     "set LINEWATCH_KAFKA_SASL_PASSWORD_FILE (or LINEWATCH_KAFKA_SASL_PASSWORD)")
+            raise ValueError(f"LINEWATCH_KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism} needs a password: {where}")
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments common to kafka-python's producer, consumer and admin client."""
@@ -87,6 +96,7 @@ class KafkaSettings(BaseSettings):
             "reconnect_backoff_max_ms": self.kafka_reconnect_backoff_max_ms,
         }
         if self.kafka_sasl_mechanism:
+            self._require_password()
             kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
             kwargs["sasl_plain_username"] = self.kafka_sasl_username
             kwargs["sasl_plain_password"] = self.kafka_sasl_password

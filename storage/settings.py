@@ -40,6 +40,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingest.secrets import read_secret_file
+
 
 class StorageSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LINEWATCH_", extra="ignore")
@@ -76,11 +78,7 @@ class StorageSettings(BaseSettings):
         if self.database_password_file is not None:
             from sqlalchemy.engine import make_url
 
-            try:
-                password = self.database_password_file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as e:
-                raise ValueError(f"LINEWATCH_DATABASE_PASSWORD_FILE: cannot read {self.database_password_file}: "
-                                 f"{e.strerror}") from None
+            password = read_secret_file(self.database_password_file, "LINEWATCH_DATABASE_PASSWORD_FILE")
             if password:
                 self.database_url = make_url(self.database_url).set(password=password).render_as_string(
                     hide_password=False)

@@ -14,6 +14,9 @@ variable                               default                               mea
 ``LINEWATCH_MQTT_HOST``                ``localhost``                         MQTT broker
 ``LINEWATCH_MQTT_PORT``                ``1883``                              (8883 is usual with TLS)
 ``LINEWATCH_MQTT_USERNAME`` / ``..._PASSWORD``                               broker login (optional)
+``LINEWATCH_MQTT_PASSWORD_FILE``       unset                                 file holding the password (a Docker
+                                                                             secret, a systemd credential); wins
+                                                                             over ``..._PASSWORD``, empty: none
 ``LINEWATCH_MQTT_CAFILE``              unset                                 CA file: turns TLS on
 ``LINEWATCH_MQTT_CLIENT_ID``           ``linewatch-bridge-<host>``           MQTT client id (persistent session)
 ``LINEWATCH_MQTT_TOPIC_ROOT``          ``linewatch``                         verdicts go to ``<root>/<line>/<camera>``
@@ -25,10 +28,13 @@ variable                               default                               mea
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.secrets import password_setting
 
 
 class BridgeSettings(BaseSettings):
@@ -43,6 +49,7 @@ class BridgeSettings(BaseSettings):
     mqtt_port: int = Field(1883, gt=0, lt=65536)
     mqtt_username: str | None = None
     mqtt_password: str | None = None
+    mqtt_password_file: Path | None = None
     mqtt_cafile: str | None = None
     mqtt_client_id: str = Field(default_factory=lambda: f"linewatch-bridge-{socket.gethostname()}")
     mqtt_topic_root: str = "linewatch"
@@ -50,6 +57,12 @@ class BridgeSettings(BaseSettings):
 
     opcua_endpoint: str = "opc.tcp://0.0.0.0:4840/linewatch/"
     opcua_namespace: str = "urn:linewatch"
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> "BridgeSettings":
+        self.mqtt_password = password_setting(self.mqtt_password_file, "LINEWATCH_MQTT_PASSWORD_FILE",
+                                              self.mqtt_password)
+        return self
 
     def group(self, kind: str) -> str:
         return self.bridge_group or f"linewatch-bridge-{kind}"

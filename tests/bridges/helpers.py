@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import socket
@@ -31,10 +32,13 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 class Mosquitto:
     """One mosquitto process on a fixed loopback port; stop() and start() again keep the port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password_file: Path | None = None) -> None:
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        # started as root, mosquitto drops to the user "mosquitto", who cannot read a test's files: stay us
+        login = (f"allow_anonymous false\npassword_file {password_file}\nuser {getpass.getuser()}\n"
+                 if password_file else "allow_anonymous true\n")
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\n{login}persistence false\n")
         self.log = workdir / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
 

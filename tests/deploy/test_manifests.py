@@ -640,21 +640,36 @@ def test_systemd_timer_runs_the_nightly_retraining():
 
 
 
-def test_systemd_database_password_is_a_credential_of_the_units_that_use_the_database():
-    """Not in linewatch.env (group-readable, every unit's environment): /etc/linewatch/db-password,
-    loaded as a credential by the units that talk to the database and by no other."""
-    database = {"init", "first-admin", "first-model", "writer", "dashboard", "retrain@"}
+SYSTEMD_CREDENTIALS = {  # credential -> (the setting that reads it, the units that use it)
+    "db-password": ("LINEWATCH_DATABASE_PASSWORD_FILE",
+                    {"init", "first-admin", "first-model", "writer", "dashboard", "retrain@"}),
+    "kafka-password": ("LINEWATCH_KAFKA_SASL_PASSWORD_FILE",
+                       {"init", "ingest@", "detector", "writer", "bridge-mqtt", "bridge-opcua"}),
+    "mqtt-password": ("LINEWATCH_MQTT_PASSWORD_FILE", {"bridge-mqtt"}),
+}
+
+
+@pytest.mark.parametrize("credential", sorted(SYSTEMD_CREDENTIALS))
+def test_systemd_passwords_are_credentials_of_the_units_that_use_them(credential):
+    """Not in linewatch.env (group-readable, every unit's environment): /etc/linewatch/<credential>,
+    loaded as a credential by the units that use it and by no other, with an empty fallback."""
+    variable, users = SYSTEMD_CREDENTIALS[credential]
+    lines = [f"LoadCredential={credential}:/etc/linewatch/{credential}", f"SetCredential={credential}:\\n",
+             f"Environment={variable}=%d/{credential}"]
     for unit in SYSTEMD.glob("*.service"):
         text = unit.read_text()
-        lines = ["LoadCredential=db-password:/etc/linewatch/db-password", "SetCredential=db-password:\\n",
-                 "Environment=LINEWATCH_DATABASE_PASSWORD_FILE=%d/db-password"]
         has = [re.search(rf"^{re.escape(line)}$", text, re.M) is not None for line in lines]
-        expected = unit.name.removeprefix("linewatch-").removesuffix(".service") in database
+        expected = unit.name.removeprefix("linewatch-").removesuffix(".service") in users
         assert has == [expected] * 3, unit.name
     env = (SYSTEMD / "linewatch.env.example").read_text()
+    assert f"{variable}=" not in env  # it would override the units' credential path
+
+
+def test_systemd_environment_file_holds_no_password():
+    env = (SYSTEMD / "linewatch.env.example").read_text()
+    assert not re.search(r"^#?\s*LINEWATCH_\w*PASSWORD\w*=", env, re.M)
     urls = re.findall(r"^#?LINEWATCH_DATABASE_URL=(\S+)", env, re.M)
     assert urls and all(make_url(u).password is None for u in urls)
-    assert "LINEWATCH_DATABASE_PASSWORD_FILE=" not in env  # it would override the units' credential path
 
 
 # ---------------------------------------------------------------------------------------- scheduler

@@ -110,3 +110,33 @@ def test_sasl_password_file_wins_and_a_missing_one_is_a_clear_error(tmp_path):
     assert settings.client_kwargs()["sasl_plain_password"] == "from-file"
     with pytest.raises(ValueError, match="LINEWATCH_KAFKA_SASL_PASSWORD_FILE: cannot read .*nope"):
         KafkaSettings(kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_password_file=tmp_path / "nope")
+
+
+def test_sasl_password_from_a_systemd_credential(tmp_path, monkeypatch):
+    """The units' layout: LINEWATCH_KAFKA_SASL_PASSWORD_FILE=%d/kafka-password, i.e. a file in
+    $CREDENTIALS_DIRECTORY; without /etc/linewatch/kafka-password systemd hands an empty line
+    (SetCredential=), which is no password: fine for PLAINTEXT, a clear error once SCRAM needs one."""
+    from ingest.kafka_config import KafkaSettings
+
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    monkeypatch.setenv("LINEWATCH_KAFKA_SASL_PASSWORD_FILE", str(creds / "kafka-password"))
+    (creds / "kafka-password").write_text("s3cret:from=credential\n")
+    monkeypatch.setenv("LINEWATCH_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("LINEWATCH_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("LINEWATCH_KAFKA_SASL_USERNAME", "linewatch")
+    assert KafkaSettings().client_kwargs()["sasl_plain_password"] == "s3cret:from=credential"
+
+    (creds / "kafka-password").write_text("\n")  # SetCredential=kafka-password:\n
+    empty = KafkaSettings()  # loads: units that share the settings but never connect must start
+    with pytest.raises(ValueError, match=r"SCRAM-SHA-512 needs a password: LINEWATCH_KAFKA_SASL_PASSWORD_FILE "
+                                         r"\(.*kafka-password\) is empty"):
+        empty.client_kwargs()
+    monkeypatch.setenv("LINEWATCH_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    monkeypatch.delenv("LINEWATCH_KAFKA_SASL_MECHANISM")
+    assert "sasl_plain_password" not in KafkaSettings().client_kwargs()
+
+    (creds / "kafka-password").unlink()
+    with pytest.raises(ValueError, match="LINEWATCH_KAFKA_SASL_PASSWORD_FILE: cannot read .*kafka-password"):
+        KafkaSettings()
