@@ -46,7 +46,7 @@ import torch
 from .cli import Command
 from .errors import UserError
 from .runtimes import (EXPORT_VERSION, FORMAT_BACKENDS, FORMATS, MANIFEST, ExportInfo, Runtime, TorchRuntime,
-                       available_backends, open_export_runtime)
+                       available_backends, export_tool_versions, open_export_runtime)
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,8 @@ def export_module(module: torch.nn.Module, metadata: dict[str, Any], fmt: str, o
                               "batches": sorted({sl.stop - sl.start for sl in _batches(len(parity.images), batch)}),
                               "threshold": threshold,
                               "limits": {"score_rel": SCORE_RTOL, "map_abs": MAP_ATOL, "verdict_changes": 0},
-                              "reference": "torch float32 on CPU", "backends": {}}
+                              "reference": "torch float32 on CPU", "tool_versions": export_tool_versions(),
+                              "backends": {}}
     with tempfile.TemporaryDirectory(prefix="linewatch-export-") as tmp:
         work = Path(tmp)
         t = time.perf_counter()

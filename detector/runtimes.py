@@ -19,9 +19,13 @@ they are installed (that path has not been run on a GPU yet).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
+import os
+import shutil
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -330,25 +334,83 @@ class Loaded:
 def export_cache_dir() -> Path:
     """Where checkpoints loaded with a non-torch backend are exported to (once per checkpoint):
     ``LINEWATCH_EXPORT_CACHE``, else ``~/.cache/linewatch/exports``."""
-    import os
-
     env = os.environ.get("LINEWATCH_EXPORT_CACHE")
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "linewatch" / "exports"
     return Path(env) if env else base
 
 
-def _cached_onnx_export(module: torch.nn.Module, meta: dict[str, Any], sha: str) -> ExportInfo:
-    """The checkpoint's ONNX export in the cache, written (parity checked) the first time."""
-    from .export import checkpoint_metadata, export_module
+# What writes a cached export (torch's exporter with onnx/onnxscript) and what checks its parity
+# (onnxruntime in either build, openvino): a new version of any of them gets a new cache entry.
+EXPORT_TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "openvino")
 
-    folder = export_cache_dir() / f"{sha[:16]}-onnx"
+
+def export_tool_versions() -> dict[str, str]:
+    """Installed version of each distribution in :data:`EXPORT_TOOLS` (``absent`` when not installed).
+
+    Read from the package metadata, so nothing heavy is imported on a cache hit."""
+    versions = {}
+    for dist in EXPORT_TOOLS:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "absent"
+    return versions
+
+
+def graph_code_digest() -> str:
+    """sha256 of the code that defines an exported graph: the exporter and every family's modules.
+
+    A changed ``forward`` with the same checkpoint must not reuse the old graph; a code upgrade
+    costs one re-export per checkpoint."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for f in [here / "export.py", *sorted((here / "models").rglob("*.py"))]:
+        h.update(f.relative_to(here).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def export_cache_key(sha: str, versions: dict[str, str] | None = None, code: str | None = None) -> str:
+    """Cache folder name of a checkpoint's ONNX export: the checkpoint's sha256, the export format
+    version, the versions of the tools that write and check it, and the graph code."""
+    key = {"export_version": EXPORT_VERSION, "tools": export_tool_versions() if versions is None else versions,
+           "code": graph_code_digest() if code is None else code}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return f"{sha[:16]}-onnx-{digest[:12]}"
+
+
+def _cached_onnx_export(module: torch.nn.Module, meta: dict[str, Any], sha: str) -> ExportInfo:
+    """The checkpoint's ONNX export in the cache, written (parity checked) the first time.
+
+    Written into a private folder and renamed into place, so two processes exporting the same
+    checkpoint at once (detector replicas sharing a cache) never see each other's partial files."""
+    from .export import ExportError, checkpoint_metadata, export_module
+
+    folder = export_cache_dir() / export_cache_key(sha)
     if is_export(folder):
         try:
             return read_export(folder)
         except ValueError as e:
             log.warning("re-exporting %s: %s", folder, e)
+            shutil.rmtree(folder, ignore_errors=True)
     log.info("exporting the checkpoint to ONNX once, into %s (parity checked)", folder)
-    return export_module(module, checkpoint_metadata(module, meta, sha), "onnx", folder, checkpoint_meta=meta)
+    work = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            export_module(module, checkpoint_metadata(module, meta, sha), "onnx", work, checkpoint_meta=meta)
+        except ExportError as e:  # keep the last failed attempt's parity report where the message says
+            failed = folder.with_name(f"{folder.name}.failed")
+            shutil.rmtree(failed, ignore_errors=True)
+            if work.is_dir():
+                work.rename(failed)
+            raise ExportError(str(e).replace(str(work), str(failed))) from e
+        try:
+            work.rename(folder)
+        except OSError:  # another process got there first: its export passed the same parity check
+            if not is_export(folder):
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return read_export(folder)
 
 
 def open_runtime(path: str | Path, backend: str = "torch", device: str = "auto", batch_size: int = 8,

@@ -181,6 +181,55 @@ def test_auto_on_an_onnx_export_times_both_backends(tiny, tmp_path, caplog):
         open_runtime(tmp_path, "torch")
 
 
+def test_export_cache_key_changes_with_each_tool_version_the_format_and_the_graph_code(monkeypatch):
+    import detector.runtimes as runtimes
+    from detector.runtimes import export_cache_key, export_tool_versions
+
+    sha = "ab" * 32
+    tools = export_tool_versions()
+    assert {"torch", "onnxruntime", "openvino"} <= set(tools)
+    base = export_cache_key(sha, tools, "code-1")
+    assert base.startswith(sha[:16] + "-onnx-") and base == export_cache_key(sha, dict(tools), "code-1")
+    keys = {export_cache_key(sha, {**tools, dist: "0.0.1-other"}, "code-1") for dist in tools}
+    keys |= {export_cache_key(sha, tools, "code-2"), export_cache_key("cd" * 32, tools, "code-1")}
+    assert base not in keys and len(keys) == len(tools) + 2
+    monkeypatch.setattr(runtimes, "EXPORT_VERSION", runtimes.EXPORT_VERSION + 1)
+    assert export_cache_key(sha, tools, "code-1") != base
+
+
+@pytest.mark.skipif("onnxruntime" not in available_backends(), reason="needs onnxruntime")
+def test_an_upgraded_runtime_never_reuses_a_cached_export(tmp_path, monkeypatch):
+    """A checkpoint loaded on onnxruntime is exported into the cache once per tool versions: the same
+    versions reuse the entry, a changed onnxruntime version string gets a new, parity-checked one."""
+    import detector.runtimes as runtimes
+    from detector.checkpoint import save_checkpoint
+
+    module = _tiny_family_module("efficientad")  # the quickest family to export
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, module, {"threshold": 0.5, "product": "toy"})
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LINEWATCH_EXPORT_CACHE", str(cache))
+    installed = runtimes.export_tool_versions()
+
+    def load_with(onnxruntime_version: str):
+        monkeypatch.setattr(runtimes, "export_tool_versions", lambda: {**installed, "onnxruntime": onnxruntime_version})
+        return open_runtime(ckpt, "onnxruntime", device="cpu")
+
+    load_with("1.20.0")
+    (first,) = cache.iterdir()
+    written = (first / "model.onnx").stat().st_mtime_ns
+    load_with("1.20.0")
+    assert list(cache.iterdir()) == [first] and (first / "model.onnx").stat().st_mtime_ns == written
+
+    loaded = load_with("1.99.0")
+    second = next(p for p in cache.iterdir() if p != first)
+    assert sorted(cache.iterdir()) == sorted([first, second])
+    assert first.name.split("-onnx-")[0] == second.name.split("-onnx-")[0]  # same checkpoint, other tools
+    parity = read_export(second).parity
+    assert parity["passed"] and parity["tool_versions"]["onnxruntime"] == installed["onnxruntime"]
+    assert loaded.runtime.name == "onnxruntime"
+
+
 # ------------------------------------------------------------------- every registered family
 def _tiny_family_module(name: str) -> nn.Module:
     from detector.models import get_family
