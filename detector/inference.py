@@ -66,7 +66,7 @@ class Detector:
         try:
             dev = resolve_device(device)
             loaded = open_runtime(path, backend, device, batch_size, precision, threads)
-        except (RuntimeError, ValueError, ExportError) as e:
+        except (RuntimeError, ValueError, ExportError, OSError) as e:  # OSError: an unwritable export cache
             raise CheckpointError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
         return cls(loaded.module, loaded.meta, loaded.version, dev, batch_size, loaded.runtime, loaded.image_size)
 

@@ -450,8 +450,16 @@ def open_runtime(path: str | Path, backend: str = "torch", device: str = "auto",
         makers: dict[str, Callable[[], Runtime]] = {"torch": lambda: TorchRuntime(module, dev)}
         onnx_backends = [b for b in ("onnxruntime", "openvino") if b in available_backends()]
         if backend in ("onnxruntime", "openvino") or (backend == "auto" and onnx_backends):
-            info = _cached_onnx_export(module, meta, sha)  # exports on the CPU
-            module.to(dev)
+            try:
+                info = _cached_onnx_export(module, meta, sha)  # exports on the CPU
+            except Exception as e:  # noqa: BLE001 - auto must still serve: on torch, saying why
+                if backend != "auto":
+                    raise
+                log.warning("backend auto: running on torch, the checkpoint's ONNX export is unusable: %s",
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+                onnx_backends = []
+            finally:
+                module.to(dev)
             for b in onnx_backends:
                 makers[b] = lambda b=b: open_export_runtime(info, b, "fp32", device, threads)
         if backend != "auto":

@@ -32,6 +32,12 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The service's default backend, auto, exports each new checkpoint to ONNX at its first load (tens of
+# CPU seconds for the tests' tiny models, every one of them new): the suite's services run on torch
+# unless the caller chose (LINEWATCH_DETECTOR_BACKEND=auto runs them on the default).  The default's
+# own behaviour is tested in tests/detector/test_export.py.
+os.environ.setdefault("LINEWATCH_DETECTOR_BACKEND", "torch")
 KAFKA_SH = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
 _KAFKA_FIXTURES = {"kafka_settings", "topic_prefix", "kafka_test_settings", "kafka_env"}
 

@@ -299,3 +299,68 @@ def test_every_family_exports_and_its_export_predicts_like_the_checkpoint(family
     from detector.service.settings import ServiceSettings
 
     assert _load_detector(str(out), ServiceSettings(backend="openvino", max_batch=2)).backend == "openvino"
+
+
+# ------------------------------------------------------------- the service's default backend, auto
+def _tiny_checkpoint(tmp_path):
+    from detector.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, _tiny_family_module("efficientad"), {"threshold": 0.5, "product": "toy"})
+    return ckpt
+
+
+def _serve_load(ckpt, monkeypatch):
+    """What `linewatch-detector serve --model ckpt` loads, with the settings' default backend."""
+    from detector.service.cli import _load_detector
+    from detector.service.settings import ServiceSettings
+
+    monkeypatch.delenv("LINEWATCH_DETECTOR_BACKEND", raising=False)  # the suite pins torch (tests/conftest.py)
+    settings = ServiceSettings(max_batch=2, device="cpu")
+    assert settings.backend == "auto"
+    return _load_detector(str(ckpt), settings)
+
+
+def test_serve_default_runs_on_torch_and_exports_nothing_without_the_onnx_extras(tmp_path, monkeypatch):
+    import sys
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    monkeypatch.setenv("LINEWATCH_EXPORT_CACHE", str(tmp_path / "cache"))
+    for name in ("onnxruntime", "openvino"):  # as if not installed: import and find_spec both fail
+        monkeypatch.setitem(sys.modules, name, None)
+    assert available_backends() == ["torch", "torchscript"]
+    det = _serve_load(ckpt, monkeypatch)
+    assert det.backend == "torch" and not (tmp_path / "cache").exists()
+    assert det.predict([np.zeros((40, 50, 3), np.uint8)]).maps[0].shape == (40, 50)
+
+
+@pytest.mark.skipif("onnxruntime" not in available_backends(), reason="needs onnxruntime")
+def test_serve_default_runs_on_torch_when_the_export_cache_cannot_be_written(tmp_path, monkeypatch, caplog):
+    from detector.checkpoint import CheckpointError
+    from detector.inference import Detector
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    (tmp_path / "not-a-dir").write_text("")
+    monkeypatch.setenv("LINEWATCH_EXPORT_CACHE", str(tmp_path / "not-a-dir" / "exports"))
+    caplog.set_level("WARNING", logger="detector.runtimes")
+    assert _serve_load(ckpt, monkeypatch).backend == "torch"
+    assert "backend auto: running on torch" in caplog.text and "not-a-dir" in caplog.text
+    with pytest.raises(CheckpointError, match="not-a-dir"):  # asked for by name: a start-up error
+        Detector.load(ckpt, device="cpu", backend="onnxruntime")
+
+
+@pytest.mark.skipif("onnxruntime" not in available_backends(), reason="needs onnxruntime")
+def test_serve_default_runs_on_torch_when_the_export_fails_parity(tmp_path, monkeypatch, caplog):
+    import detector.export as export
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LINEWATCH_EXPORT_CACHE", str(cache))
+    monkeypatch.setattr(export, "SCORE_RTOL", -1.0)  # no export can pass: as if the runtime drifted
+    caplog.set_level("WARNING", logger="detector.runtimes")
+    det = _serve_load(ckpt, monkeypatch)
+    assert det.backend == "torch"
+    assert "backend auto: running on torch" in caplog.text and "parity failed" in caplog.text
+    (failed,) = cache.iterdir()  # no usable entry; the failed attempt's report is kept, as the log says
+    assert failed.name.endswith(".failed") and str(failed / "parity.json") in caplog.text
+    assert not json.loads((failed / "parity.json").read_text())["passed"]
