@@ -188,7 +188,6 @@ def _env(container: dict) -> dict[str, dict]:
 def test_k8s_containers_run_locked_down():
     """No privilege escalation, no capabilities, read-only root file systems (writable emptyDirs
     where a process writes), non-root, the runtime's default seccomp profile: in every pod."""
-    writable_root = {"kafka"}  # its start script writes the generated config under /opt/kafka
     seen = set()
     for _, doc in _all_k8s():
         for spec in _pod_specs(doc):
@@ -201,10 +200,13 @@ def test_k8s_containers_run_locked_down():
                 sc = c["securityContext"]
                 assert sc["allowPrivilegeEscalation"] is False, c["name"]
                 assert sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
-                assert sc["readOnlyRootFilesystem"] is (c["name"] not in writable_root), c["name"]
+                assert sc["readOnlyRootFilesystem"] is True, c["name"]
+                mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
                 if c["image"] == "linewatch":
-                    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
                     assert "emptyDir" in volumes[mounts["/tmp"]], c["name"]
+                if c["name"] == "kafka":  # test_kafka_read_only.py runs it so
+                    for path in ("/opt/kafka/config", "/opt/kafka/logs", "/tmp"):
+                        assert "emptyDir" in volumes[mounts[path]], path
     assert {"detector", "writer", "dashboard", "ingest", "kafka", "postgres", "wait-for-model"} <= seen
     config = _docs(K8S / "config.yaml")[0]["data"]
     assert config["HOME"] == "/tmp"  # caches (torch, Streamlit, ONNX exports) on the emptyDir
@@ -584,6 +586,12 @@ def test_compose_containers_run_locked_down():
         if service.get("build"):  # linewatch's own image
             assert service["cap_drop"] == ["ALL"] and service["read_only"] is True, name
             assert "/tmp" in service["tmpfs"] and service["environment"]["HOME"] == "/tmp", name
+        if name in ("kafka", "postgres"):  # Kafka: test_kafka_read_only.py runs it so
+            assert service["cap_drop"] == ["ALL"] and service["read_only"] is True, name
+        if name == "postgres":
+            assert service["user"] == "999:999" and "/var/run/postgresql" in service["tmpfs"]
+        if name == "kafka":
+            assert {"/opt/kafka/config", "/opt/kafka/logs", "/tmp:exec"} <= set(service["tmpfs"])
         assert not any(str(p).split(":")[-1] in ("9102", "9103", "9104", "9105")
                        for p in service.get("ports", [])), name  # health ports stay inside
 
