@@ -2,7 +2,8 @@
 # System packages the tests need, installed once per machine:
 # Debian's postgresql (storage tests), chromium (dashboard browser tests), mosquitto (MQTT bridge tests),
 # Aravis with its simulated GigE Vision camera and PyGObject (GenICam source tests), GStreamer's RTSP
-# server with the test-pattern, x264 and RTP plugins (RTSP source tests),
+# server with the test-pattern, x264 and RTP plugins (RTSP source tests), a JDK and iproute2 (the
+# Kafka read-only root test compiles a codec probe and brings up loopback in a network namespace),
 # and the Kafka broker's jars (resolved from Maven Central into a cache outside the repo).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -18,6 +19,8 @@ ls /usr/lib/*/girepository-1.0/GstRtspServer-1.0.typelib >/dev/null 2>&1 || need
 ls /usr/lib/*/gstreamer-1.0/libgstvideotestsrc.so >/dev/null 2>&1 || need+=(gstreamer1.0-plugins-base)
 ls /usr/lib/*/gstreamer-1.0/libgstrtp.so >/dev/null 2>&1 || need+=(gstreamer1.0-plugins-good)
 ls /usr/lib/*/gstreamer-1.0/libgstx264.so >/dev/null 2>&1 || need+=(gstreamer1.0-plugins-ugly)
+command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "[system-deps] installing ${need[*]} from Debian"
   sudo_cmd=""

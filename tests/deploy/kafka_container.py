@@ -382,7 +382,7 @@ def namespaces_available() -> str | None:
     """Why a read-only root cannot be built here, or None."""
     if os.geteuid() != 0:
         return "needs root (mount namespaces, and the broker run as the image's uid 1000)"
-    for tool in ("unshare", "setpriv", "ip", "java"):
+    for tool in ("unshare", "setpriv", "ip", "java", "javac"):  # deploy/ci/system-deps.sh installs them
         if shutil.which(tool) is None:
             return f"{tool} not installed"
     if "overlay" not in Path("/proc/filesystems").read_text():
