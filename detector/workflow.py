@@ -23,7 +23,7 @@ from .device import resolve_device
 from .drift import image_stats as frame_stats, training_reference
 from .calibration import calibrate
 from .models import DEFAULT_MODEL, resolve_model
-from .models.registry import ModelFamily, TrainingSet, family_of
+from .models.registry import CommonSettings, ModelFamily, TrainingSet, family_of
 from .scoring import calibrate_model, evaluate, load_test, score_images
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,15 @@ def _fingerprint(parts: Sequence[str]) -> str:
 
 
 def resolve_configs(model: str | None, profile: str, device: torch.device, overrides: dict[str, Any] | None,
-                    init: torch.nn.Module | None = None) -> tuple[ModelFamily, str, Any, Any]:
+                    init: torch.nn.Module | None = None,
+                    common: CommonSettings | None = None) -> tuple[ModelFamily, str, Any, Any]:
     """-> (family, variant, config, train config).  A warm start takes the family and config of ``init``
-    and applies only the overrides that name settings the family has."""
+    and applies only the overrides that name settings the family has.  ``common``: family-neutral
+    settings, mapped by the family onto its own fields (``overrides`` win over them)."""
     prof = pick_profile(profile, device)
     if init is not None:
         fam = family_of(init.cfg)
+        overrides = _with_common(fam, common, overrides)
         fields = {f.name for f in dataclasses.fields(fam.train_config_cls)}
         ignored = sorted(set(overrides or {}) - fields)
         if ignored:
@@ -91,15 +94,19 @@ def resolve_configs(model: str | None, profile: str, device: torch.device, overr
         _, tc = fam.configs(fam.variant_of(init.cfg), prof, stored)
         return fam, fam.variant_of(init.cfg), init.cfg, tc
     fam, variant = resolve_model(model or DEFAULT_MODEL)
-    cfg, tc = fam.configs(variant, prof, overrides)
+    cfg, tc = fam.configs(variant, prof, _with_common(fam, common, overrides))
     return fam, variant, cfg, tc
+
+
+def _with_common(fam: ModelFamily, common: CommonSettings | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    return {**(fam.common_overrides(common) if common else {}), **(overrides or {})}
 
 
 def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | None = None, *,
                 data: Sequence[str | Path] = (), model: str | None = None, profile: str = "auto",
-                overrides: dict[str, Any] | None = None, product: str | None = None,
-                holdout: HoldoutOptions | None = None, seed: int = 0, device: str = "auto",
-                progress: bool = True, init_checkpoint: str | Path | None = None,
+                overrides: dict[str, Any] | None = None, common: CommonSettings | None = None,
+                product: str | None = None, holdout: HoldoutOptions | None = None, seed: int = 0,
+                device: str = "auto", progress: bool = True, init_checkpoint: str | Path | None = None,
                 workspace: dict[str, Any] | None = None, configs: tuple[Any, Any] | None = None,
                 image_stats: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Train, calibrate, evaluate (when a test split exists), save (when ``out``) -> summary.
@@ -109,7 +116,8 @@ def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | N
     ``[N,S,S,3]`` at the family's input size, e.g. the retraining job's captures).
 
     ``model``: a family or variant name (default :data:`detector.models.DEFAULT_MODEL`); ``profile``:
-    cpu | gpu | auto; ``overrides``: config / train-config fields; ``configs``: explicit
+    cpu | gpu | auto; ``overrides``: config / train-config fields; ``common``: family-neutral settings
+    (:class:`detector.models.registry.CommonSettings`) the family maps onto its own; ``configs``: explicit
     (config, train config) instead.  ``init_checkpoint`` (warm start, nightly retraining): continue
     from that checkpoint with its family, architecture and choices.
 
@@ -127,7 +135,7 @@ def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | N
         fam, cfg, tc = family_of(configs[0]), configs[0], configs[1]
         variant = fam.variant_of(cfg)
     else:
-        fam, variant, cfg, tc = resolve_configs(model, profile, dev, overrides, init)
+        fam, variant, cfg, tc = resolve_configs(model, profile, dev, overrides, init, common)
     size = int(cfg.image_size)
     n_products = len(images) if images is not None else len(data)
     if n_products > 1 and not fam.unified:
@@ -214,8 +222,8 @@ def train_model(images: dict[str, np.ndarray] | None = None, out: str | Path | N
 
 def train_on_images(images: Sequence[np.ndarray], product: str, *, init_checkpoint: str | Path | None = None,
                     model: str | None = None, overrides: dict[str, Any] | None = None,
-                    holdout: HoldoutOptions | None = None, seed: int = 0, device: str = "auto",
-                    progress: bool = True) -> dict[str, Any]:
+                    common: CommonSettings | None = None, holdout: HoldoutOptions | None = None, seed: int = 0,
+                    device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Train from decoded RGB frames of any size (e.g. the retraining job's captures) -> summary.
 
     With ``init_checkpoint`` the family and input size are that checkpoint's; otherwise ``model``'s.
@@ -227,13 +235,13 @@ def train_on_images(images: Sequence[np.ndarray], product: str, *, init_checkpoi
         cfg, _, _, _ = read_checkpoint(init_checkpoint)
         size = int(cfg.image_size)
     else:
-        _, _, cfg, _ = resolve_configs(model, "auto", dev, overrides)
+        _, _, cfg, _ = resolve_configs(model, "auto", dev, overrides, common=common)
         size = int(cfg.image_size)
     rgb = [to_rgb(np.asarray(f)) for f in images]
     arr = np.stack([resize_square(f, size) for f in rgb]) if rgb else np.zeros((0, size, size, 3), np.uint8)
     stats = np.array([frame_stats(f) for f in rgb], np.float64).reshape(-1, 3)
-    return train_model({product: arr}, None, model=model, overrides=overrides, product=product, holdout=holdout,
-                       seed=seed, device=device, progress=progress, init_checkpoint=init_checkpoint,
+    return train_model({product: arr}, None, model=model, overrides=overrides, common=common, product=product,
+                       holdout=holdout, seed=seed, device=device, progress=progress, init_checkpoint=init_checkpoint,
                        image_stats={product: stats})
 
 

@@ -86,9 +86,12 @@ def _add_retrain_args(p: argparse.ArgumentParser) -> None:
                    help="...are duplicates if their 32x32 grey thumbnails differ by at most GREY levels on "
                         "average (default 2.0; re-captures of one part differ by ~1, different parts by 3+)")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs-ear", type=int, metavar="N", help="stage-1 epochs (default 10)")
-    g.add_argument("--epochs-fader", type=int, metavar="N", help="stage-2 epochs (default 5)")
+    g.add_argument("--epochs", type=int, metavar="N",
+                   help="passes over the captures, read by the active model's family (CRAD: epochs; EAR + FADeR: "
+                        "stage 1 N, stage 2 N/2) (default 10)")
+    g.add_argument("--epochs-ear", type=int, dest="epochs", help=argparse.SUPPRESS)  # its old name
     g.add_argument("--batch-size", type=int, metavar="N", help="default 8")
+    g.add_argument("--lr", type=float, metavar="LR", help="learning rate of the warm start (default 3e-4)")
     g.add_argument("--target-far", type=float, metavar="F",
                    help="false-alarm rate the candidate's threshold is calibrated for (default 0.01)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto (CUDA when present)")
@@ -108,7 +111,7 @@ def _add_retrain_args(p: argparse.ArgumentParser) -> None:
 
 _RETRAIN_FIELDS = ("min_images", "max_images", "holdout_fraction", "low_score_ratio", "dedup_max_distance",
                    "dedup_max_diff",
-                   "epochs_ear", "epochs_fader", "batch_size", "target_far", "device", "margin_auroc", "margin_far",
+                   "epochs", "batch_size", "lr", "target_far", "device", "margin_auroc", "margin_far",
                    "margin_detection")
 
 

@@ -9,8 +9,8 @@
 """
 
 from . import crad, ear_fader, efficientad  # noqa: F401 - importing registers the families
-from .registry import families, family_of, get_family, model_names, resolve_model
+from .registry import CommonSettings, families, family_of, get_family, model_names, resolve_model
 
 DEFAULT_MODEL = "fader"
 
-__all__ = ["DEFAULT_MODEL", "families", "family_of", "get_family", "model_names", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "CommonSettings", "families", "family_of", "get_family", "model_names", "resolve_model"]

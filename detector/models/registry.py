@@ -59,6 +59,17 @@ class FitResult:
 
 
 @dataclass(frozen=True)
+class CommonSettings:
+    """Training settings every family understands, for callers that do not know the family (retraining
+    warm-starts whatever family is active).  Each family maps them onto its own fields
+    (:meth:`ModelFamily.common_overrides`); None leaves the profile's value."""
+
+    epochs: int | None = None  # passes over the training images (a family with stages says how they share them)
+    batch_size: int | None = None
+    lr: float | None = None  # learning rate of what trains (a family with several says how they follow it)
+
+
+@dataclass(frozen=True)
 class Profile:
     """Default settings for a kind of machine: config and train-config field overrides."""
 
@@ -123,6 +134,12 @@ class ModelFamily(ABC):
     def overrides_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
         """The options the user gave (not None), as config/train-config field values."""
         return {}
+
+    def common_overrides(self, common: CommonSettings) -> dict[str, Any]:
+        """``common`` as this family's config / train-config fields.  By default each setting goes to the
+        train-config field of the same name, when the family has one."""
+        fields = {f.name for f in dataclasses.fields(self.train_config_cls)}
+        return {k: v for k, v in dataclasses.asdict(common).items() if v is not None and k in fields}
 
     def variant_of(self, cfg: Any) -> str:
         """The variant name that describes a trained config (for tables and the dashboard)."""

@@ -26,9 +26,10 @@ What a run does, in order (:func:`retrain`, ``run.py``; one module per step):
    alike, so the active model's false alarms count in the comparison) is held out of training.
    Below ``min_images`` training images the run stops (:class:`NotEnoughData`).
 3. **Train** (``train.py``: :func:`train_candidate`, the one call into the detector's training) a candidate,
-   on the gathered captures in memory, warm-started from the active checkpoint (its architecture, masker,
-   mosaic scale; :func:`detector.workflow.train_on_images` with ``init_checkpoint``); its
-   threshold is calibrated for ``target_far`` on a held-out part of the training images.
+   on the gathered captures in memory, warm-started from the active checkpoint (its family and architecture;
+   :func:`detector.workflow.train_on_images` with ``init_checkpoint``) with family-neutral settings
+   (``epochs``, ``batch_size``, ``lr``: :class:`detector.models.CommonSettings`, which each family reads
+   its own way); its threshold is calibrated for ``target_far`` on a held-out part of the training images.
 4. **Evaluate** (``evaluate.py``) candidate and active on the same holdout: the held-out recent normals plus every
    confirmed defect of the product.  Image AUROC (when there are defects; scikit-learn, raw
    scores), and the false-alarm and detection rates of each at its own threshold.

@@ -13,7 +13,7 @@ from .gather import Gathered
 from .settings import RetrainSettings
 
 
-def write_report(md_path: Path, png_path: Path, *, product: str, version: str, active_version: str,
+def write_report(md_path: Path, png_path: Path, *, product: str, version: str, active_version: str, family: str,
                  decision: tuple[bool, str], cand: dict[str, Any], act: dict[str, Any],
                  scores: dict[str, tuple[np.ndarray, np.ndarray]], gathered: Gathered,
                  settings: RetrainSettings, timings: dict[str, float]) -> None:
@@ -85,7 +85,8 @@ def write_report(md_path: Path, png_path: Path, *, product: str, version: str, a
         f"* window: {since.isoformat() if since else 'all captures'} → {until.isoformat()}",
         *[f"* {k.replace('_', ' ')}: {v}" for k, v in gathered.counts.items()],
         f"* fingerprint: `{gathered.fingerprint()}`",
-        f"* warm start from `{active_version}`; epochs EAR {settings.epochs_ear}, FADeR {settings.epochs_fader}; "
+        f"* warm start of {family} from `{active_version}`; {settings.epochs} epochs (as {family} reads them), "
+        f"learning rate {settings.lr:g}; "
         f"training {timings.get('train_min', 0) * 60:.0f} s, evaluation {timings.get('eval_min', 0) * 60:.0f} s",
         "",
     ]

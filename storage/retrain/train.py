@@ -21,13 +21,13 @@ def train_candidate(g: Gathered, store: ModelStore, product: str, active_path: P
     """Train on ``g.train`` (the decoded captures, in memory), calibrate for ``settings.target_far``;
     -> a temporary checkpoint in the store (the caller installs it or deletes it)."""
     from detector.checkpoint import save_checkpoint
+    from detector.models import CommonSettings
     from detector.workflow import HoldoutOptions, train_on_images
 
-    # settings the active model's family has are applied (the EAR + FADeR ones to EAR + FADeR)
-    overrides = {"epochs_ear": settings.epochs_ear, "epochs_fader": settings.epochs_fader,
-                 "batch_size": settings.batch_size, "lr": settings.lr, "fader_lr": settings.fader_lr}
+    # the active model's family maps these onto its own settings
+    common = CommonSettings(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr)
     images = [_rgb(c, transform) for c in g.train]
-    summary = train_on_images(images, product, init_checkpoint=active_path, overrides=overrides,
+    summary = train_on_images(images, product, init_checkpoint=active_path, common=common,
                               holdout=HoldoutOptions(target_far=settings.target_far), seed=settings.seed,
                               device=settings.device, progress=progress)
     since, until = window

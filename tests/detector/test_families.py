@@ -130,6 +130,21 @@ def test_warm_start_continues_the_active_family(toy_dataset, tmp_path):
     assert ref.stat_mean == pytest.approx(np.mean([image_stats(f) for f in frames], axis=0).tolist())
 
 
+def test_each_family_reads_the_family_neutral_settings_its_own_way():
+    from detector.models import CommonSettings
+
+    common = CommonSettings(epochs=3, batch_size=4, lr=2e-4)
+    fam = get_family("ear-fader")
+    _, tc = fam.configs(profile="cpu", overrides=fam.common_overrides(common))
+    assert (tc.epochs_ear, tc.epochs_fader, tc.passes_ear, tc.passes_fader) == (3, 2, None, None)
+    assert (tc.lr, tc.fader_lr, tc.batch_size) == (2e-4, 2e-4, 4)
+    fam = get_family("crad")
+    _, tc = fam.configs(profile="cpu", overrides=fam.common_overrides(common))
+    assert (tc.epochs, tc.passes, tc.batch_size, tc.lr) == (3, None, 4, 2e-4)
+    assert tc.grid_lr == pytest.approx(2e-2)  # the grids keep their 100x ratio to the network
+    assert get_family("crad").common_overrides(CommonSettings()) == {}  # None leaves the profile's
+
+
 def test_cpu_profile_is_the_default_on_a_cpu_and_fits_its_budget():
     from detector.workflow import pick_profile
 

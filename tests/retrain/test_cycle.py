@@ -25,11 +25,10 @@ from tests.pipeline.harness import Pipeline, cli, free_port, http_get, json_body
 from tests.retrain.helpers import label, underexposed
 
 SIM = dict(defect_rate=0.3, width=64, height=64)  # enough confirmed defects for a stable AUROC
-RETRAIN_ENV = {"LINEWATCH_RETRAIN_MIN_IMAGES": "16", "LINEWATCH_RETRAIN_EPOCHS_EAR": "2",
-               "LINEWATCH_RETRAIN_EPOCHS_FADER": "1", "LINEWATCH_RETRAIN_DEVICE": "cpu",
+RETRAIN_ENV = {"LINEWATCH_RETRAIN_MIN_IMAGES": "16", "LINEWATCH_RETRAIN_EPOCHS": "2", "LINEWATCH_RETRAIN_DEVICE": "cpu",
                # a gentle fine-tune: the tiny first model is barely trained and its AUROC on ~7 confirmed
                # defects is noisy, so a large step makes the promotion a coin toss (seen: 0.61..0.88 vs 0.90)
-               "LINEWATCH_RETRAIN_LR": "1e-5", "LINEWATCH_RETRAIN_FADER_LR": "1e-5",
+               "LINEWATCH_RETRAIN_LR": "1e-5",
                # the tiny model's scores spread wide: the borderline rule is tested on its own (test_gather)
                "LINEWATCH_RETRAIN_LOW_SCORE_RATIO": "1.0",
                "LINEWATCH_RETRAIN_MARGIN_AUROC": "0.25", "LINEWATCH_RETRAIN_MARGIN_FAR": "0.1",

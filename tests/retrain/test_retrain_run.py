@@ -21,7 +21,7 @@ from storage.retrain import (LockBusy, NotEnoughData, RetrainSettings, decide, p
                              retrain)
 from tests.retrain.helpers import T0, blotched_part, capture, contaminated, detector_cli, label, store, underexposed
 
-FAST = dict(min_images=16, min_holdout=4, epochs_ear=2, epochs_fader=1, device="cpu", margin_auroc=0.1,
+FAST = dict(min_images=16, min_holdout=4, epochs=2, device="cpu", margin_auroc=0.1,
             margin_far=0.1, margin_detection=1.0)
 # the tiny test model cannot tell the simulator's subtle painted defects apart (image AUROC ~0.5), so
 # the run's machinery is tested with detection not compared (margin 1); the detection criterion has
@@ -72,6 +72,7 @@ def test_candidate_is_promoted_with_report_and_pointer(line):
         assert mv.threshold > 0
     text = out.report.read_text()
     assert "PROMOTED" in text and first.version in text and out.version in text and "image AUROC" in text
+    assert "warm start of ear-fader" in text and "2 epochs" in text
     png = cv2.imread(str(out.artifact.with_suffix(".scores.png")))
     assert png is not None and png.shape[1] >= 600
     assert out.counts["false_alarms"] == 6 and out.counts["train"] + out.counts["holdout_normal"] == 54 - \
@@ -127,7 +128,7 @@ def test_a_failure_mid_run_registers_nothing_and_leaves_no_files(line):
 
 def test_killed_run_registers_nothing_and_the_next_run_cleans_up(line, tmp_path):
     db, ms, first = line
-    env = {**db.env, "LINEWATCH_RETRAIN_EPOCHS_EAR": "200", "LINEWATCH_RETRAIN_MIN_IMAGES": "16",
+    env = {**db.env, "LINEWATCH_RETRAIN_EPOCHS": "200", "LINEWATCH_RETRAIN_MIN_IMAGES": "16",
            "LINEWATCH_RETRAIN_DEVICE": "cpu"}
     ms.product_dir("flange").joinpath(".tmp-leftover.ckpt").write_bytes(b"a crashed run's half file")
     err = tmp_path / "stderr.txt"
@@ -157,6 +158,32 @@ def test_killed_run_registers_nothing_and_the_next_run_cleans_up(line, tmp_path)
     with Session(db.engine) as s:
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == 2
     assert out.version in _versions(db)
+
+
+def test_a_crad_active_model_is_warm_started_with_the_family_neutral_settings(sqlite_db, tiny_crad_checkpoint):
+    """Retraining continues whatever family is active; CRAD reads ``epochs`` as its epochs (not its profile's
+    image passes) and ``lr`` as its network's, the grids' keeping their ratio to it."""
+    from detector.checkpoint import read_checkpoint
+
+    ms = ModelStore(sqlite_db.settings.model_store_dir)
+    first = register_checkpoint(sqlite_db.engine, ms, "flange", tiny_crad_checkpoint)
+    _line_day(sqlite_db)
+    out = retrain(sqlite_db.engine, sqlite_db.blobs, ms, "flange", RetrainSettings(**{**FAST, "epochs": 3, "lr": 2e-4}),
+                  progress=False)
+    _, meta, _, _ = read_checkpoint(out.artifact)
+    assert meta["family"] == "crad" and meta["parent_version"] == first.version
+    assert meta["epochs"] == 3 and meta["train_config"]["passes"] is None
+    assert meta["train_config"]["lr"] == 2e-4 and meta["train_config"]["grid_lr"] == pytest.approx(2e-2)
+    text = out.report.read_text()
+    assert "warm start of crad" in text and "3 epochs" in text
+    assert "EAR" not in text and "FADeR" not in text
+
+
+def test_old_epochs_setting_name_still_works(monkeypatch):
+    monkeypatch.setenv("LINEWATCH_RETRAIN_EPOCHS_EAR", "7")
+    assert RetrainSettings().epochs == 7
+    monkeypatch.setenv("LINEWATCH_RETRAIN_EPOCHS", "5")
+    assert RetrainSettings().epochs == 5 and RetrainSettings(epochs=2).epochs == 2
 
 
 def test_postgres_lock_spans_hosts_with_separate_model_store_dirs(storage_db, tmp_path):

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ...paths import default_masker_weights
-from ..registry import FitResult, ModelFamily, Profile, TrainingSet, register_family
+from ..registry import CommonSettings, FitResult, ModelFamily, Profile, TrainingSet, register_family
 from .config import CradConfig, CradTrainConfig
 from .model import CradModel
 
@@ -58,6 +58,14 @@ class Crad(ModelFamily):
         cfg = copy.deepcopy(cfg)
         cfg.pretrained = False  # the backbone's weights come from the checkpoint
         return cfg
+
+    def common_overrides(self, common: CommonSettings) -> dict[str, Any]:
+        """``lr`` is the network's; the grids' keeps its ratio to it (a gentle warm start moves both gently)."""
+        o = super().common_overrides(common)
+        if common.lr is not None:
+            defaults = CradTrainConfig()
+            o["grid_lr"] = common.lr * defaults.grid_lr / defaults.lr
+        return o
 
     def add_arguments(self, g: argparse._ArgumentGroup) -> None:
         g.add_argument("--image-size", type=int, help="square model input, multiple of 32 (default 256)")

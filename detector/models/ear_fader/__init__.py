@@ -8,7 +8,7 @@
 * :mod:`.model`   -- :class:`EarFaderModel`, the whole network (the export contract)
 * :mod:`.trainer` -- stage 1 (EAR, with the automatic mosaic choice) and stage 2 (FADeR)
 
-Variants: ``fader`` (the default), ``ear`` (stage 1 alone) and the paper's ablations.
+Variants: ``fader`` (this family's default), ``ear`` (stage 1 alone) and the paper's ablations.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ...paths import default_masker_weights
-from ..registry import FitResult, ModelFamily, Profile, TrainingSet, register_family
+from ..registry import CommonSettings, FitResult, ModelFamily, Profile, TrainingSet, register_family
 from .config import EarFaderConfig, EarFaderTrainConfig, FaderConfig
 from .maskers import MaskerConfig, build_masker, masker_identity
 from .model import EarFaderModel
@@ -103,6 +103,18 @@ class EarFader(ModelFamily):
         if "epochs_fader" in overrides and "passes_fader" not in overrides:
             tc.passes_fader = None
         return cfg, tc
+
+    def common_overrides(self, common: CommonSettings) -> dict[str, Any]:
+        """``epochs`` for stage 1 and half of them (rounded up) for stage 2, which only refines the skips;
+        ``lr`` for both stages."""
+        o: dict[str, Any] = {}
+        if common.epochs is not None:
+            o["epochs_ear"], o["epochs_fader"] = common.epochs, (common.epochs + 1) // 2
+        if common.lr is not None:
+            o["lr"] = o["fader_lr"] = common.lr
+        if common.batch_size is not None:
+            o["batch_size"] = common.batch_size
+        return o
 
     def add_arguments(self, g: argparse._ArgumentGroup) -> None:
         g.add_argument("--image-size", type=int, help="square model input, multiple of 32 (cpu 96, gpu 256)")
