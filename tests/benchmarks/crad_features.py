@@ -6,11 +6,12 @@ category, with the backbone run once.
 
 A variant is ``raw`` or ``std`` (per-channel standardisation with the training features' statistics)
 followed by ``+key=value`` options: ``agg`` (odd neighbourhood size of the feature mean), ``hidden``,
-``blocks`` (fusion width and depth), ``coef`` (the MSE gate's coefficient).  ``gauss`` is a reference
-point that trains nothing: a diagonal Gaussian per feature position.  Each variant trains CRAD's
-memory (the family's own modules and loss, cpu profile otherwise) on the cached features and reports,
-at each epoch in ``--epochs``, image AUROC for several score poolings and pixel AUROC (scikit-learn,
-raw scores).  The backbone's features are cached in ``--cache`` (reused across runs).
+``blocks`` (fusion width and depth), ``local``, ``global`` (grid sizes), ``coef`` (the MSE gate's
+coefficient).  ``gauss`` is a reference point that trains nothing: a diagonal Gaussian per feature
+position.  Each variant trains CRAD's memory (the family's own modules and loss, cpu profile
+otherwise) on the cached features and reports, at each epoch in ``--epochs``, image AUROC for several
+score poolings and pixel AUROC (scikit-learn, raw scores).  The backbone's features are cached in
+``--cache`` (reused across runs).
 """
 
 from __future__ import annotations
@@ -108,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         elif base != "raw":
             raise SystemExit(f"unknown variant {variant!r}")
         overrides = {"aggregate": 1, "standardise": False}  # done above, on the cached features
-        for key in ("hidden", "blocks"):
+        for key, name in (("hidden", "hidden"), ("blocks", "blocks"), ("local", "local_grid"),
+                          ("global", "global_grid")):
             if key in opts:
-                overrides[key] = int(opts[key])
+                overrides[name] = int(opts[key])
         if "coef" in opts:
             overrides["mse_coef"] = float(opts["coef"])
         cfg, tc = fam.configs(None, "cpu", overrides)
