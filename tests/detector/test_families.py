@@ -167,3 +167,11 @@ def test_crad_config_written_before_standardisation_keeps_its_features():
     assert (CradConfig().aggregate, CradConfig().standardise) == (3, True)
     with pytest.raises(ValueError, match="odd neighbourhood"):
         CradConfig(aggregate=2)
+
+
+def test_crad_image_passes_count_per_product():
+    """A unified model over two products of 500 images trains as many epochs as one product alone:
+    each product gets the training length of its own model (twice the steps in all)."""
+    _, tc = get_family("crad").configs(profile="cpu")
+    assert tc.passes and tc.epochs_for(1000, products=2) == tc.epochs_for(500) == round(tc.passes / 500)
+    assert tc.epochs_for(1000, products=1) == round(tc.passes / 1000)

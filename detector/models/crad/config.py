@@ -53,7 +53,9 @@ class CradConfig:
 @dataclass
 class CradTrainConfig:
     epochs: int = 50
-    passes: int | None = None  # training length in image passes (replaces epochs when set)
+    # training length in image passes per product (replaces epochs when set): a unified model over k
+    # products trains k times as many steps, so each product gets as long as it would alone
+    passes: int | None = None
     batch_size: int = 16
     lr: float = 1e-3  # AdamW, the network
     grid_lr: float = 0.1  # AdamW, the two grids (the continuous memory)
@@ -62,8 +64,8 @@ class CradTrainConfig:
     jitter_p: float = 0.5  # ... in this share of the batches
     clip_grad_norm: float = 0.1
 
-    def epochs_for(self, n_train: int) -> int:
-        return max(1, round(self.passes / max(1, n_train))) if self.passes else self.epochs
+    def epochs_for(self, n_train: int, products: int = 1) -> int:
+        return max(1, round(self.passes * products / max(1, n_train))) if self.passes else self.epochs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -51,7 +51,7 @@ def fit(cfg: CradConfig, tc: CradTrainConfig, data: TrainingSet, device: torch.d
     n = len(feats)
     bs = min(tc.batch_size, n)
     per_epoch = max(1, n // bs)
-    epochs = tc.epochs_for(n)
+    epochs = tc.epochs_for(n, products=len(set(data.train_products)))
     total = epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * s / total)))
     history = []
