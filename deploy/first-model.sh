@@ -14,8 +14,9 @@
 #   linewatch-detector register --product P --checkpoint OUT  (idempotent; needs the database)
 #
 # The family is the default of `train` (CRAD: README, "Which model family"), at that family's own
-# `cpu` profile (CRAD: 256 px, 6000 image passes whatever the number of parts: 3-5 minutes on 2 CPU
-# cores, detector/BENCHMARK.md), meant to flag the simulator's painted defects.  It is a placeholder
+# `cpu` profile but 128 px: a quarter of the pixels of CRAD's 256 px, whose ~10 min per category on 2
+# CPU cores would keep a fresh installation waiting (so a few minutes; an estimate, not yet timed on
+# a quiet machine), meant to flag the simulator's painted defects.  It is a placeholder
 # until the nightly `linewatch-detector retrain --product P` (which continues whatever family is
 # active) has real captures.  Nothing here is specific to a family: `linewatch-detector train --model F
 # --help` lists each family's profiles and what they cost.
@@ -27,7 +28,7 @@
 # LINEWATCH_MODEL_STORE_DIR say where the registry and the model store are):
 #   LINEWATCH_FIRST_MODEL_FAMILY   model family or variant (default crad; e.g. ear-fader, efficientad-s)
 #   LINEWATCH_FIRST_MODEL_PROFILE  that family's profile (default cpu; smoke: seconds, painted toy defects only)
-#   LINEWATCH_FIRST_MODEL_SIZE     model input size, multiple of 32 (default: the profile's)
+#   LINEWATCH_FIRST_MODEL_SIZE     model input size, multiple of 32 (default 128; empty: the profile's)
 #   LINEWATCH_FIRST_MODEL_PARTS    simulated normal parts to train on (default 96)
 #   LINEWATCH_FIRST_MODEL_DEVICE   auto | cpu | cuda (default auto)
 #   LINEWATCH_SHARED_DIR           a folder whose models/ holds tf_efficientnet_lite0_in1k.safetensors (the
@@ -39,7 +40,7 @@ set -euo pipefail
 out="${1:-}"
 product="${2:-flange}"
 if [ -z "$out" ] || [ "$out" = "-h" ] || [ "$out" = "--help" ]; then
-  sed -n '2,36p' "$0" >&2
+  sed -n '2,37p' "$0" >&2
   [ -n "$out" ] && exit 0 || exit 2
 fi
 register() {
@@ -64,7 +65,7 @@ fi
 
 family="${LINEWATCH_FIRST_MODEL_FAMILY:-crad}"
 profile="${LINEWATCH_FIRST_MODEL_PROFILE:-cpu}"
-size="${LINEWATCH_FIRST_MODEL_SIZE:-}"
+size="${LINEWATCH_FIRST_MODEL_SIZE-128}"
 parts="${LINEWATCH_FIRST_MODEL_PARTS:-96}"
 device="${LINEWATCH_FIRST_MODEL_DEVICE:-auto}"
 if [ -n "${LINEWATCH_FIRST_MODEL_EPOCHS:-}" ]; then
