@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OPC UA subscription publishing interval requested by the client (default 10)")
     p.add_argument("--drain-seconds", type=float, default=180.0,
                    help="after the camera stops, wait at most this long for the last verdicts (default 180)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                   help="runtime of the detector service and the bare timing (default auto, as 'serve')")
     p.add_argument("--bare-frames", type=int, default=4,
                    help="time Detector.predict alone on this many camera-sized frames first (default 4; 0 = skip)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
@@ -112,19 +114,23 @@ class OpcUaWatcher:
             self.client.disconnect()
 
 
-def bare_ms_per_frame(ckpt: Path, n: int) -> float:
-    """``Detector.predict`` alone, one 512x512 frame at a time after a warm-up: what the model costs here."""
+def bare_ms_per_frame(ckpt: Path, n: int, backend: str = "auto") -> tuple[float, str]:
+    """``Detector.predict`` alone, one 512x512 frame at a time after a warm-up, on the service's thread
+    count: what the model costs here -> (ms per frame, the backend it ran on)."""
     import numpy as np
+    import torch
 
     from detector.inference import Detector
+    from detector.service.settings import default_threads
 
-    det = Detector.load(ckpt, device="cpu")
+    torch.set_num_threads(default_threads())
+    det = Detector.load(ckpt, device="cpu", backend=backend, threads=default_threads())
     frame = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
     det.predict([frame])
     t0 = time.perf_counter()
     for _ in range(n):
         det.predict([frame])
-    return 1000 * (time.perf_counter() - t0) / n
+    return 1000 * (time.perf_counter() - t0) / n, det.backend
 
 
 def _ms(values: list[float], q: float) -> float:
@@ -159,8 +165,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     try:
         ckpt = Path(args.checkpoint) if args.checkpoint else quick_checkpoint(256, 32)
-        bare_ms = bare_ms_per_frame(ckpt, args.bare_frames) if args.bare_frames else float("nan")
-        _log(f"bare detector ({ckpt.name}, CPU): {bare_ms:.0f} ms per 512x512 frame "
+        bare_ms, bare_backend = bare_ms_per_frame(ckpt, args.bare_frames, args.backend) if args.bare_frames \
+            else (float("nan"), "-")
+        _log(f"bare detector ({ckpt.name}, CPU, {bare_backend}): {bare_ms:.0f} ms per 512x512 frame "
              f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
         camera = FakeCamera()
         camera.start()
@@ -181,7 +188,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ports = {name: free_port() for name in ("detector", "mqtt", "opcua")}
             started = [
                 start(f"{prefix}-detector", [*cli("linewatch-detector", "detector.cli"), "serve", "--device", "cpu",
-                                             "--model", str(ckpt), "--http-port", str(ports["detector"])]),
+                                             "--backend", args.backend, "--model", str(ckpt),
+                                             "--http-port", str(ports["detector"])]),
                 start(f"{prefix}-bridge-mqtt", [*bridge, "mqtt", "--host", "127.0.0.1", "--port", str(mosquitto.port),
                                                 "--group", f"{prefix}-mqtt", "--http-port", str(ports["mqtt"])]),
                 start(f"{prefix}-bridge-opcua", [*bridge, "opcua", "--endpoint", url, "--group", f"{prefix}-opcua",
@@ -270,7 +278,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _log(f"{rate:g} frames/s: MQTT p50 {row['mqtt_p50_ms']:.0f} ms, p99 {row['mqtt_p99_ms']:.0f} ms; "
                  f"OPC UA p50 {row['opcua_p50_ms']:.0f} ms, p99 {row['opcua_p99_ms']:.0f} ms; "
                  f"verdicts at {row['verdict_rate_fps']:.1f}/s{' (OVERLOADED)' if row['overloaded'] else ''}")
-        return {"model": str(ckpt), "bare_ms_per_frame": bare_ms, "pixel_format": args.pixel_format, "frame_size": "512x512",
+        return {"model": str(ckpt), "bare_ms_per_frame": bare_ms, "bare_backend": bare_backend,
+                "backend": args.backend, "pixel_format": args.pixel_format, "frame_size": "512x512",
                 "seconds": args.seconds, "warmup_s": args.warmup, "cpus": os.cpu_count(),
                 "opcua_publishing_interval_ms": args.opcua_interval_ms, "rates": results,
                 "target": "capture-to-MQTT p99 at 10 frames/s <= 1000 ms",
@@ -299,7 +308,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    print(f"bare detector: {r['bare_ms_per_frame']:.0f} ms per frame")
+    print(f"bare detector: {r['bare_ms_per_frame']:.0f} ms per frame on {r['bare_backend']} "
+          f"(service --backend {r['backend']})")
     print(f"camera {r['pixel_format']} {r['frame_size']} -> ingest -> Kafka -> detector ({Path(r['model']).name}, CPU) "
           f"-> bridges; {r['seconds']:g} s per rate, first {r['warmup_s']:g} s left out; OPC UA publishing interval "
           f"{r['opcua_publishing_interval_ms']:g} ms")

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128, help="model input of the quick-trained model (default 128)")
     p.add_argument("--channels", type=int, default=16, help="U-Net width of the quick-trained model (default 16)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="inference device (default cpu)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                   help="runtime of both the bare detector and the service (default auto, as 'serve')")
+    p.add_argument("--threads", type=int, default=None,
+                   help="inference threads of both (default: the service's, half the usable CPUs)")
     p.add_argument("--max-batch", type=int, default=8, help="service batch size = bare chunk size (default 8)")
     p.add_argument("--max-wait-ms", type=int, default=50, help="service max wait (default 50)")
     p.add_argument("--batches-per-commit", type=int, default=4, help="service setting (default 4)")
@@ -180,6 +184,14 @@ def bare_fps(det, frames: list, batch: int) -> tuple[float, float]:
     return len(frames) / (time.perf_counter() - t0), (time.process_time() - c0) / len(frames)
 
 
+def service_backend(logs: str) -> str:
+    """What the detector service said its models run on (its ``models loaded`` log line)."""
+    import re
+
+    found = re.findall(r"runs_on=\"?([\w,]+)", logs)
+    return found[-1] if found else "unknown"
+
+
 def cpu_seconds(pid: int | None) -> float:
     """User + system CPU time of a process (Linux /proc), 0 if unknown."""
     if not pid:
@@ -227,6 +239,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from sqlalchemy import select
 
     from detector.inference import Detector
+    from detector.service.settings import default_threads
     from ingest.kafka_config import KafkaSettings
     from ingest.producer import publish_folder
     from storage.db import init_db, make_engine
@@ -269,9 +282,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return rgb
 
         frames = [wire_pixels(f) for f in files]
-        det = Detector.load(ckpt, device=args.device, batch_size=args.max_batch)
-        _log(f"model {det.version}: input {det.image_size}px, device {det.device}, torch threads "
-             f"{torch.get_num_threads()}; {n} frames {frames[0].shape[1]}x{frames[0].shape[0]} {args.encoding}")
+        threads = args.threads or default_threads()
+        torch.set_num_threads(threads)  # the same pools as the service (serve --threads)
+        det = Detector.load(ckpt, device=args.device, batch_size=args.max_batch, backend=args.backend, threads=threads)
+        _log(f"model {det.version}: input {det.image_size}px, device {det.device}, backend {det.backend}, "
+             f"{threads} threads; {n} frames {frames[0].shape[1]}x{frames[0].shape[0]} {args.encoding}")
         bare_runs = [bare_fps(det, frames, args.max_batch)]
         _log(f"bare detector: {bare_runs[-1][0]:.2f} frames/s, {bare_runs[-1][1] * 1000:.0f} CPU ms/frame")
 
@@ -299,6 +314,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         detector = pipeline.start_detector("--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                                            "--batches-per-commit", str(args.batches_per_commit),
+                                           "--backend", args.backend, "--threads", str(threads),
                                            "--sample-rate", "0.01", http_port=port, device=args.device)
 
         def up(p: int, path: str) -> bool:
@@ -384,7 +400,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result = {
             "frames": n, "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}", "encoding": args.encoding,
             "model_version": det.version, "image_size": det.image_size, "device": str(det.device),
-            "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "max_batch": args.max_batch,
+            "backend": det.backend, "service_backend": service_backend(pipeline.logs(tail=10**9)),
+            "torch_threads": threads, "cpus": os.cpu_count(), "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms, "partitions": args.partitions,
             "batches_per_commit": args.batches_per_commit, "rounds": args.rounds,
             "bare_fps": bare, "bare_fps_runs": [b[0] for b in bare_runs],
@@ -397,7 +414,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "idle_cpu_cores": idle_rate,
             "pipeline_cpu_ms_per_frame_above_idle": cpu_work,
             "cpu_efficiency_above_idle": 1000 * bare_cpu / max(1e-9, sum(cpu_work.values())),
-            "target_ratio": 0.9, "target_met": ratio >= 0.9,
+            "target_ratio": 0.95, "target_met": ratio >= 0.95,
             "service_stage_share": {k: v / total_stage for k, v in stages.items()},
             "service_stage_seconds": stages,
             "latency": lat,
@@ -414,13 +431,14 @@ def print_table(r: dict[str, Any]) -> None:
     runs = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     rows = [
         ("frames", f"{r['frames']} per round x {r['frame_size']} {r['encoding']}, model {r['image_size']}px on "
-                   f"{r['device']} ({r['torch_threads']} threads, {r['cpus']} CPUs), batch {r['max_batch']}, "
+                   f"{r['device']}, {r['backend']} (service: {r['service_backend']}; {r['torch_threads']} threads, "
+                   f"{r['cpus']} CPUs), batch {r['max_batch']}, "
                    f"{r['batches_per_commit']} batches/commit"),
         ("bare detector", f"{r['bare_fps']:.2f} frames/s (runs: {runs(r['bare_fps_runs'])})"),
         ("pipeline", f"{r['pipeline_fps']:.2f} frames/s (rounds: {runs(r['pipeline_fps_runs'])})"),
         ("pipeline / bare", f"{100 * r['ratio']:.1f} % (per round vs the bare runs around it: "
                             + ", ".join(f"{100 * x:.1f} %" for x in r["ratio_runs"])
-                            + f"; target >= 90 %: {'met' if r['target_met'] else 'MISSED'})"),
+                            + f"; target >= 95 %: {'met' if r['target_met'] else 'MISSED'})"),
         ("CPU per frame", f"bare {r['bare_cpu_ms_per_frame']:.0f} ms; pipeline "
                           f"{sum(r['pipeline_cpu_ms_per_frame'].values()):.0f} ms ("
                           + ", ".join(f"{k} {v:.0f}" for k, v in r["pipeline_cpu_ms_per_frame"].items())

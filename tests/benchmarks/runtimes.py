@@ -12,6 +12,10 @@ times batch 1 and batch 8 on test images for ``--seconds`` each (frames/s = fram
 after one warm-up call).  Peak RSS is that process's own (VmHWM): model, runtime and buffers.
 Every backend gets the same thread count (``--threads``).  Rows run one after another, so compare
 only within one run, and say what else was running on the machine.
+
+Backend ``auto`` (what ``serve --backend auto`` does) is measured on the checkpoint twice: with an
+empty export cache (its load time includes the one-time ONNX export and parity check) and with the
+cache that run left; the rows say which backend it chose and how long loading took.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -38,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the exports and results")
     p.add_argument("--int8", action="store_true", help="also export and measure int8 models")
     p.add_argument("--backends", default="torch,torchscript,onnxruntime,openvino",
-                   help="comma-separated backends to measure (default all four)")
+                   help="comma-separated backends to measure (default all four; add 'auto' for the automatic "
+                        "choice on the checkpoint, with an empty and then a filled export cache)")
     p.add_argument("--formats", default="onnx,openvino,torchscript",
                    help="export formats (default all three; OpenVINO also runs the ONNX export, so 'onnx' alone "
                         "measures both ONNX backends)")
@@ -68,7 +74,8 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
     test = category_images(spec["data"], loaded.image_size, "test", spec["max_images"])
     scores, _ = run_all(loaded.runtime, test.images, 8)
     res: dict[str, Any] = {"image_auroc": image_auroc(test.labels, scores), "load_s": round(load_s, 2),
-                           "n_test": int(len(scores))}
+                           "n_test": int(len(scores)), "runs_on": loaded.runtime.describe(),
+                           "auto_ms_per_frame": {t.backend: round(t.ms_per_frame, 2) for t in loaded.timings}}
     for batch in (1, 8):
         images = np.ascontiguousarray(np.resize(test.images, (batch, *test.images.shape[1:])))
         loaded.runtime(images)  # warm-up
@@ -85,6 +92,8 @@ def measure_row(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _run_row(spec: dict[str, Any]) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    if "export_cache" in spec:
+        env["LINEWATCH_EXPORT_CACHE"] = spec["export_cache"]
     proc = subprocess.run([sys.executable, "-m", "tests.benchmarks.runtimes", ROW_FLAG, json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -142,9 +151,15 @@ def main(argv: list[str] | None = None) -> int:
                 for prec in exp.get("models", {}):
                     if backend in wanted and backend in have:
                         rows.setdefault((backend, prec), (fmt, exp["dir"]))
-        for (backend, prec), (source, path) in rows.items():
+        if "auto" in wanted:
+            shutil.rmtree(out / name / "auto-cache", ignore_errors=True)
+            rows[("auto", "fp32")] = ("checkpoint, empty export cache", ckpt)
+            rows[("auto", "fp32", "warm")] = ("checkpoint, export cached", ckpt)
+        for (backend, prec, *_), (source, path) in rows.items():
             spec = {"path": str(path), "backend": backend, "precision": prec, "data": args.data,
                     "threads": args.threads, "seconds": args.seconds, "max_images": args.max_images}
+            if backend == "auto":
+                spec["export_cache"] = str(out / name / "auto-cache")
             res = {"checkpoint": name, "family": family, "backend": backend, "precision": prec, "source": source,
                    **_run_row(spec)}
             results["rows"].append(res)
@@ -159,21 +174,27 @@ def main(argv: list[str] | None = None) -> int:
 def _line(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{r['family']:<10} {r['backend']:<12} {r['precision']:<5} ERROR {r['error']}"
-    return (f"{r['family']:<10} {r['backend']:<12} {r['precision']:<5} b1 {r['fps_b1']:6.1f} fps  "
-            f"b8 {r['fps_b8']:6.1f} fps  RSS {r['peak_rss_mib']:6.0f} MiB  AUROC {r['image_auroc']:.4f}")
+    return (f"{r['family']:<10} {_backend(r):<12} {r['precision']:<5} b1 {r['fps_b1']:6.1f} fps  "
+            f"b8 {r['fps_b8']:6.1f} fps  RSS {r['peak_rss_mib']:6.0f} MiB  AUROC {r['image_auroc']:.4f}  "
+            f"load {r['load_s']:.1f} s")
+
+
+def _backend(r: dict[str, Any]) -> str:
+    return f"auto -> {r['runs_on']}" if r["backend"] == "auto" and "runs_on" in r else r["backend"]
 
 
 def markdown(results: dict[str, Any]) -> str:
     lines = ["| family | backend (model file) | precision | frames/s b1 | frames/s b8 | x torch (b8) | CPU ms/frame b8 | "
-             "peak RSS MiB | image AUROC |", "|---|---|---|---|---|---|---|---|---|"]
+             "peak RSS MiB | image AUROC | load s |", "|---|---|---|---|---|---|---|---|---|---|"]
     base = {r["checkpoint"]: r["fps_b8"] for r in results["rows"] if r["backend"] == "torch" and "fps_b8" in r}
     for r in results["rows"]:
         if "error" in r:
-            lines.append(f"| {r['family']} | {r['backend']} | {r['precision']} | error: {r['error']} |||||| ")
+            lines.append(f"| {r['family']} | {r['backend']} | {r['precision']} | error: {r['error']} ||||||| ")
             continue
         ratio = f"{r['fps_b8'] / base[r['checkpoint']]:.2f}" if r["checkpoint"] in base else "-"
-        lines.append(f"| {r['family']} | {r['backend']} ({r['source']}) | {r['precision']} | {r['fps_b1']:.1f} | {r['fps_b8']:.1f} | "
-                     f"{ratio} | {r['cpu_ms_per_frame_b8']:.0f} | {r['peak_rss_mib']:.0f} | {r['image_auroc']:.4f} |")
+        lines.append(f"| {r['family']} | {_backend(r)} ({r['source']}) | {r['precision']} | {r['fps_b1']:.1f} | "
+                     f"{r['fps_b8']:.1f} | {ratio} | {r['cpu_ms_per_frame_b8']:.0f} | {r['peak_rss_mib']:.0f} | "
+                     f"{r['image_auroc']:.4f} | {r['load_s']:.1f} |")
     return "\n".join(lines)
 
 
