@@ -9,9 +9,10 @@ Everything real, on this machine's loopback interface:
   512x512 at the rate under test; ``linewatch-ingest run --source genicam:127.0.0.1`` demosaics,
   JPEG-encodes and publishes; ``lw-captured-at`` is the camera's own timestamp (see ingest/genicam.py);
 * Kafka: ``LINEWATCH_KAFKA_BOOTSTRAP`` if set, else a temporary broker from deploy/kafka/kafka.sh;
-* ``linewatch-detector serve`` on the CPU with its default settings and a model of the default
-  architecture (``linewatch-detector train``'s 256 px input, 32 channels; quick-trained and cached by
-  tests/benchmarks/pipeline.py unless ``--checkpoint``: accuracy is irrelevant to its speed);
+* ``linewatch-detector serve`` on the CPU with its default settings and the model given by
+  ``--checkpoint`` (e.g. a CRAD checkpoint or export, the default family); without it, an EAR + FADeR
+  model at 256 px, 32 channels, quick-trained and cached by tests/benchmarks/pipeline.py (accuracy is
+  irrelevant to its speed);
 * ``linewatch-bridge mqtt`` to Debian's mosquitto and ``linewatch-bridge opcua`` (both at once, as a
   line would run them);
 * receivers: an MQTT subscriber (QoS 1) and an asyncua client subscribed to each camera's ``FrameId``
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=0.0,
                    help="leave out frames captured in the first seconds of each run (default 0: the services are "
                         "warm, and an overloaded run delivers only its first frames)")
-    p.add_argument("--checkpoint", default=None, help="detector checkpoint (default: quick-trained 256 px / 32 ch)")
+    p.add_argument("--checkpoint", default=None,
+                   help="detector checkpoint or export (default: a quick-trained EAR + FADeR model, 256 px / 32 ch)")
     p.add_argument("--pixel-format", default="BayerRG8", help="camera pixel format (default BayerRG8)")
     p.add_argument("--opcua-interval-ms", type=float, default=10.0,
                    help="OPC UA subscription publishing interval requested by the client (default 10)")

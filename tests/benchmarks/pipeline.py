@@ -24,10 +24,10 @@ Also printed: the service's own time per stage (decode, infer, encode, publish, 
 ``/metrics``, which says where the pipeline loses against the bare detector.
 
 The broker is ``LINEWATCH_KAFKA_BOOTSTRAP`` if set, else a temporary one from deploy/kafka/kafka.sh.
-Without ``--checkpoint`` a model of the given size (default: the detector benchmark's 128 px input,
-16 channels; ``--image-size 256 --channels 32`` is ``linewatch-detector train``'s default) is trained
-for one epoch per stage on simulator parts and cached under ``~/.cache/linewatch/bench`` — its
-accuracy is irrelevant, inference cost depends only on the architecture.
+Without ``--checkpoint`` an EAR + FADeR model of the given size (default 128 px input, 16 channels) is
+trained for one epoch per stage on simulator parts and cached under ``~/.cache/linewatch/bench`` -- its
+accuracy is irrelevant, inference cost depends only on the architecture.  For the default family
+(CRAD), pass a CRAD checkpoint or its export with ``--checkpoint``.
 """
 
 from __future__ import annotations
