@@ -306,8 +306,15 @@ def run_read_only(c: Container, work: Path, *, restart: bool, start_s: float = 6
     port = re.search(r"(?<![A-Z_])PLAINTEXT://[^,]*:(\d+)", c.env["KAFKA_LISTENERS"]).group(1)  # the broker's tools'
     tops = sorted({Path(p).parts[1] for p in [*c.files, *c.writable, "/opt/kafka", "/etc/hosts"]} - {"tmp"})
     env = " ".join(shlex.quote(f"{k}={v}") for k, v in {**c.env, "PATH": "/usr/bin:/bin"}.items())
+    # the clients run this interpreter (its environment) and this checkout, either of which may live
+    # under /tmp, which the container's own /tmp hides: both are bound under /opt/probe first
+    prefix, exe = Path(sys.prefix), Path(sys.executable)
+    python = f"/opt/probe/python/{exe.relative_to(prefix)}" if exe.is_relative_to(prefix) else str(exe)
+    for d in ("python", "repo"):
+        (root / "opt" / "probe" / d).mkdir(parents=True, exist_ok=True)
     client_env = " ".join(shlex.quote(f"{k}={v}") for k, v in {
-        **c.client_env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}.items())
+        **c.client_env, "PATH": "/usr/bin:/bin", "PYTHONPATH": "/opt/probe/repo",
+        "PYTHONDONTWRITEBYTECODE": "1"}.items())
     as_app = f"setpriv --reuid={APPUSER} --regid={APPUSER} --clear-groups env -i {env}"
     rw_mounts = "\n".join(
         f"mount --bind {shlex.quote(str(rw[p]))} {shlex.quote(p)}\n"
@@ -323,6 +330,8 @@ def run_read_only(c: Container, work: Path, *, restart: bool, start_s: float = 6
           mount -t overlay overlay -o "lowerdir={root}/$top:/$top" "/$top"
         done
         mount --bind {shlex.quote(str(libs))} /opt/kafka/libs
+        mount --bind {shlex.quote(str(prefix))} /opt/probe/python
+        mount --bind {shlex.quote(str(REPO))} /opt/probe/repo
         # a read-only root: every mount read-only but the kernel's (/proc, /sys, /dev as Docker has
         # them); nothing may be open for writing on them now (stdout, stderr are pipes)
         awk '{{print $5}}' /proc/self/mountinfo | sort -u | while read -r mp; do
@@ -359,12 +368,12 @@ def run_read_only(c: Container, work: Path, *, restart: bool, start_s: float = 6
           pkill -KILL -s $pid 2>/dev/null || true
         }}
         start
-        env -i {client_env} {shlex.quote(sys.executable)} /opt/probe/client.py produce
+        env -i {client_env} {shlex.quote(python)} /opt/probe/client.py produce
         stop
         if {'true' if restart else 'false'}; then
           {clear or 'true'}
           start
-          env -i {client_env} {shlex.quote(sys.executable)} /opt/probe/client.py consume
+          env -i {client_env} {shlex.quote(python)} /opt/probe/client.py consume
           stop
         fi
         echo "DONE"

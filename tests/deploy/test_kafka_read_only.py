@@ -9,7 +9,6 @@ image's scripts, is listed at its top).
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
@@ -44,13 +43,9 @@ def _container(deployment: str, certs) -> kafka_container.Container:
     return kafka_container.from_k8s(docs, config, certs)
 
 
-@pytest.mark.parametrize("deployment", [pytest.param("compose", marks=pytest.mark.slow), "k8s"])
-def test_kafka_serves_from_a_read_only_root(deployment, tmp_path, request):
-    if deployment == "compose" and os.environ.get("LINEWATCH_RUN_SLOW") != "1" \
-            and "slow" not in (request.config.getoption("markexpr") or ""):
-        # two broker starts (a restart on fresh tmpfs): minutes; the Kubernetes case runs in CI
-        pytest.skip("the Compose case starts the broker twice: run with -m slow or LINEWATCH_RUN_SLOW=1")
-    c = _container(deployment, request.getfixturevalue("certs"))  # after the skip: certificates take a while
+@pytest.mark.parametrize("deployment", ["compose", "k8s"])
+def test_kafka_serves_from_a_read_only_root(deployment, certs, tmp_path):
+    c = _container(deployment, certs)
     assert c.image == f"apache/kafka:{kafka_container.kafka_version()}"  # the broker run here is the image's
     assert set(c.writable) == {"/var/lib/kafka/data", "/opt/kafka/config", "/opt/kafka/logs", "/tmp"}
     assert c.writable["/tmp"], "/tmp must allow exec: the zstd and snappy codecs load native code from it"
