@@ -98,10 +98,12 @@ def test_settings_formats_camera_counter_and_timestamps(camera):
     assert frames[0].image.shape == (512, 512) and frames[0].image.dtype == np.uint8
     now = datetime.now(timezone.utc)
     assert all(abs((now - f.captured_at).total_seconds()) < 2 for f in frames)
-    # the camera's clock paces the frames at 20 frames/s (on average: the simulator is a process
-    # on a busy machine; its first frame comes at once)
+    # the camera's clock paces the frames at 20 frames/s. The median interval, not the mean: the
+    # simulator is a process on a busy machine, its first frame comes at once, and under load one
+    # of its ticks can come late (seen in CI: 50, 150, 50, 50 ms with consecutive frame ids)
     stamps = [f.info["device_timestamp_ns"] / 1e9 for f in frames[1:]]
-    assert 0.04 <= (stamps[-1] - stamps[0]) / (len(stamps) - 1) <= 0.06, stamps
+    intervals = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+    assert 0.04 <= intervals[len(intervals) // 2] <= 0.06, stamps
     # captured_at is the camera's timestamp plus one offset, which only ever shrinks towards the
     # smallest transfer delay seen (no drift within a second)
     offsets = [f.captured_at.timestamp() - f.info["device_timestamp_ns"] / 1e9 for f in frames]
