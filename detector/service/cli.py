@@ -124,6 +124,7 @@ def run_serve(args: argparse.Namespace) -> int:
     threads = apply_threads(settings)  # before any model is loaded: torch sizes its pools once
     try:
         kafka = KafkaSettings()
+        kafka.client_kwargs()  # what is only checked when connecting (a SASL password), before the models load
     except Exception as exc:  # noqa: BLE001 - pydantic validation of LINEWATCH_KAFKA_*
         raise UserError(f"Kafka settings: {str(exc).splitlines()[0]}") from None
 

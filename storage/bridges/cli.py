@@ -80,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return run(args)
-    except (ValidationError, RuntimeError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    except (ValidationError, ValueError, RuntimeError, OSError) as exc:  # settings, start-up (one line)
+        print(f"{PROG}: error: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
         return 1
 
 
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     kafka_overrides = {k: v for k, v in (("kafka_bootstrap", args.bootstrap), ("topic_prefix", args.topic_prefix))
                        if v}
     kafka = KafkaSettings(**kafka_overrides)
+    kafka.client_kwargs()  # what is only checked when connecting (a SASL password), before the sink starts
     settings = BridgeSettings(**{field: getattr(args, name) for name, field in _OVERRIDES.items()
                                  if getattr(args, name, None) is not None})
     if args.kind == "mqtt":

@@ -140,3 +140,27 @@ def test_sasl_password_from_a_systemd_credential(tmp_path, monkeypatch):
     (creds / "kafka-password").unlink()
     with pytest.raises(ValueError, match="LINEWATCH_KAFKA_SASL_PASSWORD_FILE: cannot read .*kafka-password"):
         KafkaSettings()
+
+
+@pytest.mark.parametrize("service", ["detector serve", "bridge mqtt", "bridge opcua"])
+def test_a_service_without_its_sasl_password_stops_with_a_clear_error(service, tmp_path, monkeypatch, capsys):
+    """The check made when connecting (not when the settings load) still reaches the operator as one
+    line naming the setting, before any model is loaded, not as a traceback."""
+    (tmp_path / "kafka-password").write_text("\n")  # SetCredential=kafka-password:\n, no file installed
+    for name, value in {"LINEWATCH_KAFKA_BOOTSTRAP": f"127.0.0.1:{_free_port()}",
+                        "LINEWATCH_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                        "LINEWATCH_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "LINEWATCH_KAFKA_SASL_USERNAME": "linewatch",
+                        "LINEWATCH_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "kafka-password"),
+                        "LINEWATCH_DETECTOR_MODEL": str(tmp_path / "no-model.pt"),
+                        "LINEWATCH_MODEL_STORE_DIR": str(tmp_path / "models")}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LINEWATCH_KAFKA_SASL_PASSWORD", raising=False)
+    if service == "detector serve":
+        from detector.cli import main
+    else:
+        from storage.bridges.cli import main
+    rc = main(service.split()[1:] + (["--endpoint", f"opc.tcp://127.0.0.1:{_free_port()}/t/"]
+                                     if service == "bridge opcua" else []))
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    assert "SCRAM-SHA-512 needs a password: LINEWATCH_KAFKA_SASL_PASSWORD_FILE" in err, err
