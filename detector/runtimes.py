@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -393,7 +394,9 @@ def _cached_onnx_export(module: torch.nn.Module, meta: dict[str, Any], sha: str)
             log.warning("re-exporting %s: %s", folder, e)
             shutil.rmtree(folder, ignore_errors=True)
     log.info("exporting the checkpoint to ONNX once, into %s (parity checked)", folder)
-    work = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    # a name no other writer can have (replicas in containers share process ids)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
     try:
         try:
             export_module(module, checkpoint_metadata(module, meta, sha), "onnx", work, checkpoint_meta=meta)

@@ -230,6 +230,33 @@ def test_an_upgraded_runtime_never_reuses_a_cached_export(tmp_path, monkeypatch)
     assert loaded.runtime.name == "onnxruntime"
 
 
+@pytest.mark.skipif("onnxruntime" not in available_backends(), reason="needs onnxruntime")
+def test_an_export_into_a_shared_cache_leaves_another_replicas_unfinished_export_alone(tmp_path, monkeypatch):
+    """Detector replicas sharing one export cache may run with the same process id (each
+    container's first process is 1): a replica's export must neither write into nor delete the
+    folder in which another one is still exporting the same checkpoint."""
+    import hashlib
+
+    import detector.runtimes as runtimes
+    from detector.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, _tiny_family_module("efficientad"), {"threshold": 0.5, "product": "toy"})
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LINEWATCH_EXPORT_CACHE", str(cache))
+    monkeypatch.setattr(runtimes.os, "getpid", lambda: 1)
+    key = runtimes.export_cache_key(hashlib.sha256(ckpt.read_bytes()).hexdigest())
+    other = cache / f"{key}.tmp-1"  # another replica with process id 1, mid-export
+    other.mkdir(parents=True)
+    (other / "model.onnx").write_bytes(b"half written by another replica")
+
+    loaded = open_runtime(ckpt, "onnxruntime", device="cpu")
+    assert loaded.runtime.name == "onnxruntime"
+    assert runtimes.is_export(cache / key) and b"another replica" not in (cache / key / "model.onnx").read_bytes()
+    assert (other / "model.onnx").read_bytes() == b"half written by another replica"
+    assert sorted(p.name for p in cache.iterdir()) == sorted([key, other.name])  # and no folder of ours left
+
+
 # ------------------------------------------------------------------- every registered family
 def _tiny_family_module(name: str) -> nn.Module:
     from detector.models import get_family
