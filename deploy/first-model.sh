@@ -15,9 +15,9 @@
 #
 # The family is the default of `train` (CRAD: README, "Which model family"), at that family's own
 # `cpu` profile but 128 px: a quarter of the pixels of CRAD's 256 px, whose ~10 min per category on 2
-# CPU cores would keep a fresh installation waiting.  Measured (2 cores, load 3-5 from other jobs):
-# 3.6 min of training on 96 parts; on 60 simulated test parts image AUROC 0.95, 21 of 24 painted
-# defects flagged at the calibrated threshold, no false alarm.  It is a placeholder
+# CPU cores would keep a fresh installation waiting (what it costs and what it finds on simulated
+# parts: detector/BENCHMARK.md, "The first model").
+# It is a placeholder
 # until the nightly `linewatch-detector retrain --product P` (which continues whatever family is
 # active) has real captures.  Nothing here is specific to a family: `linewatch-detector train --model F
 # --help` lists each family's profiles and what they cost.

@@ -54,7 +54,7 @@ class KafkaSettings(BaseSettings):
     kafka_sasl_password: str | None = None
     kafka_sasl_password_file: Path | None = Field(
         None, description="file holding the SASL password (a Docker secret, a systemd credential); wins over "
-        "kafka_sasl_password; an empty file gives none")
+        "kafka_sasl_password; an empty file gives kafka_sasl_password's (none when unset)")
     kafka_ssl_cafile: str | None = None
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None

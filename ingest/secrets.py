@@ -2,8 +2,9 @@
 (``$CREDENTIALS_DIRECTORY/...``, ``%d/...`` in a unit), never the environment.
 
 Each ``LINEWATCH_*_PASSWORD_FILE`` setting names such a file.  One trailing line break is
-dropped (``openssl rand`` and editors leave one); an empty file means "no password", which is what
-the systemd units hand over when the credential's file is not installed.  A file that cannot be
+dropped (``openssl rand`` and editors leave one); an empty file gives no password (the setting's
+inline ``*_PASSWORD``, when one is set), which is what the systemd units hand over when the
+credential's file is not installed.  A file that cannot be
 read is an error naming the setting, so a wrong path fails at start-up, not at the first login.
 """
 

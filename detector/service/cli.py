@@ -49,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=["auto", "torch", "torchscript", "onnxruntime", "openvino"],
                    help="inference runtime (LINEWATCH_DETECTOR_BACKEND, default auto). auto times every installed "
                         "runtime at load and keeps the fastest (logged): with the onnx/openvino extras a checkpoint "
-                        "is first exported to ONNX once, parity checked, into LINEWATCH_EXPORT_CACHE (CRAD at 256 px: "
-                        "3.5x torch's frames/s on 2 CPU cores); without them, or when that export fails, it runs on "
+                        "is first exported to ONNX once, parity checked, into LINEWATCH_EXPORT_CACHE (figures: "
+                        "detector/BENCHMARK.md); without them, or when that export fails, it runs on "
                         "torch and logs why. torch: eager PyTorch, no export. onnxruntime/openvino: that runtime or "
                         "a start-up error. An export folder ('linewatch-detector export') runs on the backends its "
                         "format allows")

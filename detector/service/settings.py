@@ -66,7 +66,7 @@ class ServiceSettings(BaseSettings):
     batches_per_commit: int = Field(4, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: the fastest installed runtime, timed at load; torch when the onnx/openvino extras are absent
-    # or the checkpoint's ONNX export fails (logged).  ONNX Runtime ran CRAD 3.5x faster than torch.
+    # or the checkpoint's ONNX export fails (logged).  Why the default: detector/BENCHMARK.md.
     backend: Literal["auto", "torch", "torchscript", "onnxruntime", "openvino"] = "auto"
     precision: Literal["fp32", "int8"] = "fp32"
     threads: int | None = Field(None, ge=1, le=256, description="CPU inference threads (default: default_threads())")

@@ -16,7 +16,7 @@ variable                               default                               mea
 ``LINEWATCH_MQTT_USERNAME`` / ``..._PASSWORD``                               broker login (optional)
 ``LINEWATCH_MQTT_PASSWORD_FILE``       unset                                 file holding the password (a Docker
                                                                              secret, a systemd credential); wins
-                                                                             over ``..._PASSWORD``, empty: none
+                                                                             over ``..._PASSWORD``; empty: that one
 ``LINEWATCH_MQTT_CAFILE``              unset                                 CA file: turns TLS on
 ``LINEWATCH_MQTT_CLIENT_ID``           ``linewatch-bridge-<host>``           MQTT client id (persistent session)
 ``LINEWATCH_MQTT_TOPIC_ROOT``          ``linewatch``                         verdicts go to ``<root>/<line>/<camera>``

@@ -103,7 +103,8 @@ def retrain(engine: Engine, blobs: BlobStore, store: ModelStore, product: str,
             tmp_ckpt = None
             report = artifact.with_suffix(".report.md")
             write_report(report, artifact.with_suffix(".scores.png"), product=product, version=version,
-                         active_version=active_ver, family=candidate.family, decision=(promoted, reason), cand=cand_m, act=act_m,
+                         active_version=active_ver, family=candidate.family, decision=(promoted, reason),
+                         cand=cand_m, act=act_m,
                          scores={f"active {active_ver}": (as_n, as_d), f"candidate {version}": (cs_n, cs_d)},
                          gathered=g, settings=settings, timings={"train_min": train_min, "eval_min": eval_min})
             metrics = {**{k: v for k, v in cand_m.items() if k != "threshold"},
