@@ -87,8 +87,8 @@ def _add_retrain_args(p: argparse.ArgumentParser) -> None:
                         "average (default 2.0; re-captures of one part differ by ~1, different parts by 3+)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, metavar="N",
-                   help="passes over the captures, read by the active model's family (CRAD: epochs; EAR + FADeR: "
-                        "stage 1 N, stage 2 N/2) (default 10)")
+                   help="passes over the captures, read by the active model's family its own way (stages, "
+                        "steps: detector/README.md, 'Training') (default 10)")
     g.add_argument("--epochs-ear", type=int, dest="epochs", help=argparse.SUPPRESS)  # its old name
     g.add_argument("--batch-size", type=int, metavar="N", help="default 8")
     g.add_argument("--lr", type=float, metavar="LR", help="learning rate of the warm start (default 3e-4)")

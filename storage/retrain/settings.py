@@ -24,7 +24,7 @@ class RetrainSettings(BaseSettings):
     dedup_max_diff: float = Field(2.0, ge=0.0, description="32x32 grey thumbnails: mean |difference| at most "
                                                            "this = duplicate (grey levels 0..255)")
     # the warm start's training, in settings every model family reads its own way (detector.models.CommonSettings)
-    epochs: int = Field(10, ge=1, description="passes over the captures (EAR + FADeR: stage 1; stage 2 half)",
+    epochs: int = Field(10, ge=1, description="passes over the captures (the active family reads it its own way)",
                         # LINEWATCH_RETRAIN_EPOCHS_EAR: its name from when EAR + FADeR was the only family
                         validation_alias=AliasChoices("LINEWATCH_RETRAIN_EPOCHS", "LINEWATCH_RETRAIN_EPOCHS_EAR"))
     batch_size: int = Field(8, ge=1)

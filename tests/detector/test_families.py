@@ -145,6 +145,35 @@ def test_each_family_reads_the_family_neutral_settings_its_own_way():
     assert get_family("crad").common_overrides(CommonSettings()) == {}  # None leaves the profile's
 
 
+@pytest.mark.parametrize("family", [f.name for f in families()])
+@pytest.mark.parametrize("setting,value", [("epochs", 3), ("batch_size", 5), ("lr", 2e-4)])
+def test_every_family_reads_every_family_neutral_setting(family, setting, value):
+    """Retraining hands these to whatever family is active: none may be dropped without a word."""
+    import dataclasses
+
+    from detector.models import CommonSettings
+
+    fam = get_family(family)
+    _, default = fam.configs(profile="cpu")
+    _, tc = fam.configs(profile="cpu", overrides=fam.common_overrides(CommonSettings(**{setting: value})))
+    assert dataclasses.asdict(tc) != dataclasses.asdict(default), f"{family} ignores {setting}"
+
+
+def test_efficientad_reads_epochs_as_passes_over_the_training_images():
+    from detector.models import CommonSettings
+
+    fam = get_family("efficientad")
+    _, tc = fam.configs(profile="cpu", overrides=fam.common_overrides(CommonSettings(epochs=3, batch_size=4,
+                                                                                      lr=2e-4)))
+    assert (tc.epochs, tc.batch_size, tc.lr) == (3, 4, 2e-4)
+    assert tc.steps_for(10) == 8  # ceil(3 x 10 / 4): 3 passes over 10 images in batches of 4
+    assert tc.steps_for(1) == 1
+    _, profile_tc = fam.configs(profile="cpu")
+    assert profile_tc.epochs is None and profile_tc.steps_for(10) == profile_tc.steps  # the profile's steps
+    with pytest.raises(ValueError, match="epochs"):
+        fam.configs(profile="cpu", overrides={"epochs": 0})
+
+
 def test_cpu_profile_is_the_default_on_a_cpu_and_fits_its_budget():
     from detector.workflow import pick_profile
 

@@ -42,6 +42,20 @@ def tiny_crad_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_efficientad_checkpoint(tmp_path_factory) -> Path:
+    """An EfficientAD detector at its smoke size (64 px, random teacher), trained briefly on the same parts."""
+    from detector.workflow import train_model
+    from ingest.simulator import write_normal_parts
+
+    root = tmp_path_factory.mktemp("first-efficientad")
+    write_normal_parts(root / "data" / "train" / "good", 24, seed=1000, width=64, height=64)
+    out = root / "first.pt"
+    train_model(None, out, data=[root / "data"], model="efficientad", profile="smoke", overrides={"steps": 20},
+                product="flange", device="cpu", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def second_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
     """The same weights saved with another threshold: a second, distinct version (other sha256)."""
     from detector.checkpoint import load_model, save_checkpoint

@@ -179,6 +179,29 @@ def test_a_crad_active_model_is_warm_started_with_the_family_neutral_settings(sq
     assert "EAR" not in text and "FADeR" not in text
 
 
+def test_an_efficientad_active_model_is_warm_started_with_the_family_neutral_settings(sqlite_db,
+                                                                                       tiny_efficientad_checkpoint):
+    """EfficientAD trains in steps: ``epochs`` becomes that many passes over the captures at ``batch_size``
+    (not its profile's steps), ``lr`` its optimiser's."""
+    import math
+
+    from detector.checkpoint import read_checkpoint
+
+    ms = ModelStore(sqlite_db.settings.model_store_dir)
+    first = register_checkpoint(sqlite_db.engine, ms, "flange", tiny_efficientad_checkpoint)
+    _line_day(sqlite_db)
+    out = retrain(sqlite_db.engine, sqlite_db.blobs, ms, "flange",
+                  RetrainSettings(**{**FAST, "epochs": 2, "batch_size": 4, "lr": 2e-4}), progress=False)
+    _, meta, _, _ = read_checkpoint(out.artifact)
+    assert meta["family"] == "efficientad" and meta["parent_version"] == first.version
+    tc = meta["train_config"]
+    assert (tc["epochs"], tc["batch_size"], tc["lr"]) == (2, 4, 2e-4)
+    n_train = meta["efficientad"]["train_images"]  # the captures less those held out for calibration
+    assert 0 < n_train <= out.counts["train"]
+    assert meta["efficientad"]["steps"] == math.ceil(2 * n_train / 4) != tc["steps"]
+    assert "warm start of efficientad" in out.report.read_text()
+
+
 def test_old_epochs_setting_name_still_works(monkeypatch):
     monkeypatch.setenv("LINEWATCH_RETRAIN_EPOCHS_EAR", "7")
     assert RetrainSettings().epochs == 7

@@ -67,6 +67,8 @@ class EfficientAD(ModelFamily):
     def add_arguments(self, group: argparse._ArgumentGroup) -> None:
         group.add_argument("--image-size", type=int, default=None, help="EfficientAD: side of the input and the map (256)")
         group.add_argument("--steps", type=int, default=None, help="EfficientAD: training steps (cpu 2000, gpu 70000)")
+        group.add_argument("--epochs", type=int, default=None,
+                           help="EfficientAD: training length as passes over the training images instead of --steps")
         group.add_argument("--net-size", type=int, default=None,
                            help="EfficientAD: side the networks see, multiple of 32 (cpu 128, gpu 256)")
         group.add_argument("--pdn-width", type=float, default=None,
@@ -81,7 +83,8 @@ class EfficientAD(ModelFamily):
                            help="EfficientAD: margin kept between teacher and autoencoder on novel features (1.0)")
 
     def overrides_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
-        names = {"image_size": "image_size", "steps": "steps", "net_size": "net_size", "pdn_width": "width", "teacher_weights": "teacher_weights",
+        names = {"image_size": "image_size", "steps": "steps", "epochs": "epochs", "net_size": "net_size",
+                 "pdn_width": "width", "teacher_weights": "teacher_weights",
                  "dfsc": "dfsc", "dfsc_quantile": "dfsc_quantile", "dfsc_margin": "dfsc_margin"}
         return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg, None) is not None}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -60,6 +61,9 @@ class EfficientADTrainConfig:
     """Training of the student and the autoencoder (the teacher is distilled once, beforehand)."""
 
     steps: int = 70000  # the paper's; the CPU profile trains far fewer
+    # training length in passes over the training images instead (replaces steps when set): how the
+    # family-neutral ``epochs`` of retraining reaches this family (:meth:`steps_for`)
+    epochs: int | None = None
     batch_size: int = 1
     lr: float = 1e-4
     weight_decay: float = 1e-5
@@ -68,12 +72,19 @@ class EfficientADTrainConfig:
     map_quantiles: tuple[float, float] = (0.9, 0.995)  # held-out quantiles mapped to 0 and 0.1
 
     def __post_init__(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError("epochs must be >= 1 (or None: the steps setting)")
         if not 0 < self.hard_quantile < 1:
             raise ValueError("hard_quantile must be within (0, 1)")
         self.map_quantiles = tuple(self.map_quantiles)  # type: ignore[assignment]
         qa, qb = self.map_quantiles
         if not 0 < qa < qb < 1:
             raise ValueError("map_quantiles must be two increasing values within (0, 1)")
+
+    def steps_for(self, n_train: int) -> int:
+        """Optimiser steps: ``steps``, or with ``epochs`` enough batches to show each of the ``n_train``
+        images that many times on average."""
+        return max(1, math.ceil(self.epochs * n_train / self.batch_size)) if self.epochs else self.steps
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -73,13 +73,14 @@ def train(model: EfficientAD, tc: EfficientADTrainConfig, data: TrainingSet, dev
     if tc.penalty and not use_penalty:
         log.warning("no generic images found: training without the penalty loss")
 
+    n = len(data.train)
+    steps = tc.steps_for(n)
     params = list(model.student.parameters()) + list(model.autoencoder.parameters())
     opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(0.95 * tc.steps)), gamma=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(0.95 * steps)), gamma=0.1)
     model.train()
-    n = len(data.train)
     history: list[list[float]] = []
-    bar = tqdm(range(tc.steps), desc=f"EfficientAD-{cfg.size.upper()}{' + DFSC' if cfg.dfsc else ''}",
+    bar = tqdm(range(steps), desc=f"EfficientAD-{cfg.size.upper()}{' + DFSC' if cfg.dfsc else ''}",
                disable=not progress)
     for _ in bar:
         idx = torch.from_numpy(rng.integers(n, size=tc.batch_size))
@@ -112,7 +113,8 @@ def train(model: EfficientAD, tc: EfficientADTrainConfig, data: TrainingSet, dev
     return {
         "minutes": {"train": train_min, "map_normalisation": (time.monotonic() - t1) / 60},
         "final_losses": dict(zip(("student_hard", "penalty", "autoencoder", "student_vs_ae"), map(float, last))),
-        "steps": tc.steps,
+        "steps": steps,
+        "train_images": n,
         "penalty_images": len(generic) if use_penalty else 0,
         "q_st": model.q_st.tolist(),
         "q_ae": model.q_ae.tolist(),
