@@ -27,32 +27,28 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_crad_checkpoint(tmp_path_factory) -> Path:
-    """A CRAD detector at its smoke size (64 px), trained briefly on the same simulated good parts."""
+def _smoke_checkpoint(tmp_path_factory, model: str, overrides: dict) -> Path:
+    """A detector of ``model`` at its smoke profile (64 px), trained briefly on the simulated good parts."""
     from detector.workflow import train_model
     from ingest.simulator import write_normal_parts
 
-    root = tmp_path_factory.mktemp("first-crad")
+    root = tmp_path_factory.mktemp(f"first-{model}")
     write_normal_parts(root / "data" / "train" / "good", 24, seed=1000, width=64, height=64)
     out = root / "first.pt"
-    train_model(None, out, data=[root / "data"], model="crad", profile="smoke", overrides={"epochs": 4},
+    train_model(None, out, data=[root / "data"], model=model, profile="smoke", overrides=overrides,
                 product="flange", device="cpu", progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_crad_checkpoint(tmp_path_factory) -> Path:
+    return _smoke_checkpoint(tmp_path_factory, "crad", {"epochs": 4})
 
 
 @pytest.fixture(scope="session")
 def tiny_efficientad_checkpoint(tmp_path_factory) -> Path:
-    """An EfficientAD detector at its smoke size (64 px, random teacher), trained briefly on the same parts."""
-    from detector.workflow import train_model
-    from ingest.simulator import write_normal_parts
-
-    root = tmp_path_factory.mktemp("first-efficientad")
-    write_normal_parts(root / "data" / "train" / "good", 24, seed=1000, width=64, height=64)
-    out = root / "first.pt"
-    train_model(None, out, data=[root / "data"], model="efficientad", profile="smoke", overrides={"steps": 20},
-                product="flange", device="cpu", progress=False)
-    return out
+    """Its smoke profile's teacher is random: no distilled teacher file needed."""
+    return _smoke_checkpoint(tmp_path_factory, "efficientad", {"steps": 20})
 
 
 @pytest.fixture(scope="session")
