@@ -15,7 +15,9 @@ dead letters, back-off and SIGTERM are there).  Handling one batch:
    frame cannot sink the others (a frame that still fails is dead-lettered as ``inference``);
 4. **encode and send** — one :class:`detector.messages.InspectionResult` per frame (heatmap PNG, the
    frame itself when flagged or sampled), key = camera id, sent at once (their acks arrive while
-   the next inference batch runs);
+   the next inference batch runs).  This runs in one worker thread while the next inference batch
+   runs (the runtimes and OpenCV release the GIL), so the CPU it costs is not added to the
+   inference time; one batch at a time, in order, and all of it is done before ``handle`` returns;
 5. **flush and commit** (the loop) — dead letters are sent and every record's acknowledgement is
    checked; if anything was not acknowledged nothing is committed and the batch is redone after a
    back-off.  Only then the offsets are committed.
@@ -42,6 +44,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -131,6 +134,8 @@ class DetectorService:
         self.batches = 0
         self.last_batch: dict[str, Any] = {}
         self._stats: dict[str, Any] = {}
+        # encodes and sends one inference batch's results while the main thread infers the next
+        self._results_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector-results")
 
     # ------------------------------------------------------------------------ lifecycle
     def stop(self, *_: Any) -> None:
@@ -183,7 +188,10 @@ class DetectorService:
             "frames": self.loop.topic, "results": self.results_topic, "group": self.settings.group,
             "max_batch": self.settings.max_batch, "max_wait_ms": self.settings.max_wait_ms,
             "models": ",".join(f"{v}={p}" for p, v in versions.items())}})
-        code = self.loop.run(self.handle, between_batches=self._between_batches, on_batch=self._on_batch)
+        try:
+            code = self.loop.run(self.handle, between_batches=self._between_batches, on_batch=self._on_batch)
+        finally:
+            self._results_worker.shutdown(wait=True)
         log.info("detector service stopped", extra={"kv": {"scored": self.scored, "dead_letters": self.dead,
                                                             "batches": self.batches}})
         return code
@@ -208,20 +216,27 @@ class DetectorService:
                             "versions": set()}
         chunk: list[_Item] = []
         pixels = 0
-        for rec in records:
-            t0 = time.monotonic()
-            item = self._decode(rec, models, dead)
-            st["decode"] += time.monotonic() - t0
-            if item is None:
-                continue
-            # an inference batch holds at most max_batch frames and max_batch_pixels decoded pixels
-            if chunk and (len(chunk) >= s.max_batch or pixels + item.pixels > self.max_batch_pixels):
-                self._score_and_send(chunk, dead)
-                chunk, pixels = [], 0
-            chunk.append(item)
-            pixels += item.pixels
-        if chunk:
-            self._score_and_send(chunk, dead)
+        sending: Future | None = None  # the previous inference batch's results, being encoded and sent
+        try:
+            for rec in records:
+                t0 = time.monotonic()
+                item = self._decode(rec, models, dead)
+                st["decode"] += time.monotonic() - t0
+                if item is None:
+                    continue
+                # an inference batch holds at most max_batch frames and max_batch_pixels decoded pixels
+                if chunk and (len(chunk) >= s.max_batch or pixels + item.pixels > self.max_batch_pixels):
+                    sending = self._score_and_send(chunk, dead, sending)
+                    chunk, pixels = [], 0
+                chunk.append(item)
+                pixels += item.pixels
+            if chunk:
+                sending = self._score_and_send(chunk, dead, sending)
+        except BaseException:  # nothing may still be sending when the loop rewinds
+            if sending is not None:
+                wait([sending])
+            raise
+        self._collect(sending, dead)  # all results are out before the loop flushes and commits
         self.metrics.stage_seconds.labels("decode").observe(st["decode"])
         return dead
 
@@ -240,31 +255,52 @@ class DetectorService:
             return None
         return _Item(rec, frame, route)
 
-    def _score_and_send(self, chunk: list[_Item], dead: list[DeadLetter]) -> None:
-        st = self._stats
+    def _score_and_send(self, chunk: list[_Item], dead: list[DeadLetter], sending: Future | None) -> Future:
+        """Infer ``chunk`` here, then hand its results to the worker once the previous batch's are sent."""
         self.loop.beat()
         ta = time.monotonic()
         scored = self._infer(chunk, dead)
         inferred_at = utcnow()
         tb = time.monotonic()
+        self._stats["infer"] += tb - ta
+        self.metrics.stage_seconds.labels("infer").observe(tb - ta)
+        self._collect(sending, dead)  # in order, and at most one batch of results waiting
+        return self._results_worker.submit(self._send_results, chunk, scored, inferred_at)
+
+    def _collect(self, sending: Future | None, dead: list[DeadLetter]) -> None:
+        """Wait for a batch handed to the worker; its dead letters join ``dead`` (its errors are raised here)."""
+        if sending is None:
+            return
+        st = self._stats
+        out = sending.result()
+        dead.extend(out["dead"])
+        st["scored"] += out["scored"]
+        st["flagged"] += out["flagged"]
+        st["encode"] += out["encode"]
+        st["versions"] |= out["versions"]
+
+    def _send_results(self, chunk: list[_Item], scored: dict[int, tuple[float, Any]],
+                      inferred_at: datetime) -> dict[str, Any]:
+        """Encode and send one inference batch's results (in the worker thread)."""
+        tb = time.monotonic()
+        out: dict[str, Any] = {"dead": [], "scored": 0, "flagged": 0, "versions": set()}
         for i, it in enumerate(chunk):
             if i not in scored:
                 continue
             score, amap = scored[i]
             if not math.isfinite(score):
-                dead.append(DeadLetter(it.record, "inference", f"the model returned a non-finite score ({score})"))
+                out["dead"].append(DeadLetter(it.record, "inference",
+                                              f"the model returned a non-finite score ({score})"))
                 continue
             value, is_flagged = self._result(it, score, amap, inferred_at)
             self._observe_drift(it, score)
             self.loop.send(self.results_topic, it.frame.meta.camera_id.encode("utf-8"), value)
-            st["flagged"] += is_flagged
-            st["scored"] += 1
-            st["versions"].add(it.route.detector.version)
-        tc = time.monotonic()
-        st["infer"] += tb - ta
-        st["encode"] += tc - tb
-        self.metrics.stage_seconds.labels("infer").observe(tb - ta)
-        self.metrics.stage_seconds.labels("encode").observe(tc - tb)
+            out["flagged"] += is_flagged
+            out["scored"] += 1
+            out["versions"].add(it.route.detector.version)
+        out["encode"] = time.monotonic() - tb
+        self.metrics.stage_seconds.labels("encode").observe(out["encode"])
+        return out
 
     def _observe_drift(self, it: _Item, score: float) -> None:
         det = it.route.detector

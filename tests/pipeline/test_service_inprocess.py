@@ -151,3 +151,96 @@ def test_an_inference_batch_is_bounded_by_decoded_pixels_too(kafka_settings, pip
     assert len(sent) == 8
     assert [len(b) for b in batches] == [3, 3, 2]
     assert all(sum(b) <= 3 * 30 * 30 for b in batches)
+
+
+def _png_records(camera: str, n: int, side: int = 30):
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    import cv2
+    import numpy as np
+
+    from ingest.messages import FrameMeta
+
+    now = datetime.now(timezone.utc)
+    records = []
+    for i in range(n):
+        ok, png = cv2.imencode(".png", np.full((side, side, 3), 40 + 10 * i, np.uint8))
+        meta = FrameMeta(frame_id=f"{camera}-{i}", line="l", station="s", camera_id=camera, seq=i, captured_at=now,
+                         content_type="image/png")
+        records.append(SimpleNamespace(topic="t", partition=0, offset=i, key=camera.encode(), value=png.tobytes(),
+                                       headers=meta.to_headers(), timestamp=int(now.timestamp() * 1000)))
+    return records
+
+
+def test_results_are_sent_while_the_next_batch_is_inferred(kafka_settings, pipeline_checkpoint):
+    """One batch's results are encoded and sent in the worker while the next batch is inferred; all of
+    them are out, in record order, before handle returns (the loop flushes and commits after it)."""
+    from detector.inference import Detector
+    from detector.messages import InspectionResult
+    from detector.service.routing import ModelHolder, load_routing
+    from detector.service.service import DetectorService
+    from detector.service.settings import ServiceSettings
+
+    first_sent = threading.Event()
+    overlapped: list[bool] = []
+
+    class WaitsForTheFirstResults:  # the second batch's inference starts only once batch 1 is being sent
+        def __init__(self, det):
+            self.det = det
+            self.calls = 0
+
+        def predict(self, frames):
+            self.calls += 1
+            if self.calls == 2:
+                overlapped.append(first_sent.wait(20))
+            return self.det.predict(frames)
+
+        def __getattr__(self, name):
+            return getattr(self.det, name)
+
+    holder = ModelHolder(lambda p: WaitsForTheFirstResults(Detector.load(p, device="cpu", batch_size=4)))
+    holder.load(load_routing(None, pipeline_checkpoint))
+    service = DetectorService(kafka_settings, ServiceSettings(model=pipeline_checkpoint, max_batch=4, device="cpu",
+                                                              sample_rate=0.0), holder)
+    sent: list[tuple[str, str]] = []
+
+    def send(topic, key, value, headers=None):
+        sent.append((threading.current_thread().name, InspectionResult.from_bytes(value).frame_id))
+        first_sent.set()
+
+    service.loop.send = send
+    records = _png_records("cam-ov", 10)
+    assert service.handle(records) == []
+    assert overlapped == [True]
+    assert [fid for _, fid in sent] == [f"cam-ov-{i}" for i in range(10)]
+    assert all(name.startswith("detector-results") for name, _ in sent)
+    assert service._stats["scored"] == 10
+
+
+def test_a_send_failing_in_the_worker_fails_the_batch_with_nothing_left_running(kafka_settings, pipeline_checkpoint):
+    from detector.inference import Detector
+    from detector.service.routing import ModelHolder, load_routing
+    from detector.service.service import DetectorService
+    from detector.service.settings import ServiceSettings
+    from ingest.service_loop import RetryLater
+
+    holder = ModelHolder(lambda p: Detector.load(p, device="cpu", batch_size=4))
+    holder.load(load_routing(None, pipeline_checkpoint))
+    service = DetectorService(kafka_settings, ServiceSettings(model=pipeline_checkpoint, max_batch=4, device="cpu",
+                                                              sample_rate=0.0), holder)
+    sent: list[bytes] = []
+
+    def send(topic, key, value, headers=None):
+        if len(sent) == 5:
+            raise RetryLater("send failed: injected")
+        sent.append(value)
+
+    service.loop.send = send
+    with pytest.raises(RetryLater, match="injected"):
+        service.handle(_png_records("cam-rl", 12))
+    assert len(sent) == 5  # the failing batch stopped there, and the third batch was never handed over
+    time.sleep(0.2)
+    assert len(sent) == 5
+    service.loop.send = lambda topic, key, value, headers=None: sent.append(value)
+    assert service.handle(_png_records("cam-rl", 12)) == [] and len(sent) == 17  # redone in full
