@@ -9,6 +9,10 @@
 # TORCH_INDEX_URL points pip at another index first for torch/torchvision, e.g. the CPU-only
 # wheels for a much smaller image on machines without a GPU.
 #
+# ONNX Runtime and OpenVINO are installed (extras onnx, openvino), so `serve --backend auto` can pick
+# the fastest runtime on the host; a checkpoint is exported once into LINEWATCH_EXPORT_CACHE, on
+# the /data volume, and reused after restarts.
+#
 # Nothing is downloaded at run time: the masker's ImageNet weights
 # (tf_efficientnet_lite0_in1k.safetensors) are mounted at /shared/models (LINEWATCH_SHARED_DIR),
 # and the state (SQLite or PostgreSQL, blobs, models) lives under /data (LINEWATCH_DATA_DIR).
@@ -19,7 +23,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LINEWATCH_DATA_DIR=/data \
-    LINEWATCH_SHARED_DIR=/shared
+    LINEWATCH_SHARED_DIR=/shared \
+    LINEWATCH_EXPORT_CACHE=/data/export-cache
 
 # libglib2.0-0: OpenCV's runtime; curl: container health checks
 RUN apt-get update \
@@ -33,7 +38,7 @@ COPY pyproject.toml README.md ./
 RUN mkdir -p ingest detector storage dashboard \
  && touch ingest/__init__.py detector/__init__.py storage/__init__.py dashboard/__init__.py \
  && if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch torchvision; fi \
- && pip install ".[postgres,bridges]" \
+ && pip install ".[postgres,bridges,onnx,openvino]" \
  && pip uninstall -y linewatch
 
 COPY ingest ingest

@@ -710,3 +710,51 @@ def test_systemd_first_admin_from_a_credential_once():
     assert "< %d/admin-password" in unit and "ADMIN_PASSWORD" not in unit  # a credential, not the environment
     assert "users list --json" in unit  # only while there is no user at all
     assert "linewatch-first-admin.service" in (SYSTEMD / "linewatch.target").read_text()
+
+
+# ---------------------------------------------------------------------------- fast runtimes and export cache
+
+def _mount_of(path: str, mounts: dict[str, str]) -> str:
+    """The mount point holding ``path`` (the longest prefix among ``mounts``)."""
+    holders = [m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")]
+    assert holders, (path, mounts)
+    return max(holders, key=len)
+
+
+def test_images_have_the_fast_runtimes_and_keep_the_export_cache_on_a_persistent_volume():
+    """``serve --backend auto`` can pick ONNX Runtime or OpenVINO in the containers, and the exports
+    it makes survive a restart: Compose's data volume, a writable subPath of the Kubernetes models
+    PVC, systemd's CacheDirectory; never /tmp."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.startswith("onnxruntime") for d in extras["onnx"])
+    assert any(d.startswith("openvino") for d in extras["openvino"])
+    dockerfile = (REPO / "Dockerfile").read_text()
+    [install] = re.findall(r'pip install "\.\[([a-z,]+)\]"', dockerfile)
+    assert {"onnx", "openvino"} <= set(install.split(","))
+    assert re.search(r"LINEWATCH_EXPORT_CACHE=/data/export-cache\b", dockerfile)
+    assert 'VOLUME ["/data"]' in dockerfile
+
+    compose = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+    detector = compose["services"]["detector"]
+    cache = detector["environment"]["LINEWATCH_EXPORT_CACHE"]
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in detector["volumes"]}
+    holder = _mount_of(cache, {**volumes, **{t.split(":")[0]: "tmpfs" for t in detector["tmpfs"]}})
+    assert volumes.get(holder) in compose["volumes"], (cache, holder)  # a named volume, not a tmpfs
+
+    config = _docs(K8S / "config.yaml")[0]["data"]
+    cache = config["LINEWATCH_EXPORT_CACHE"]
+    deployment = next(d for d in _docs(K8S / "detector.yaml") if d["kind"] == "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    [c] = spec["containers"]
+    assert any(e.get("configMapRef", {}).get("name") == "linewatch-config" for e in c["envFrom"])
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    mount = mounts[_mount_of(cache, mounts)]
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert "persistentVolumeClaim" in volume and not mount.get("readOnly"), mount
+    assert mounts["/data/models"]["readOnly"] is True  # the checkpoints themselves stay read-only
+
+    unit = (SYSTEMD / "linewatch-detector.service").read_text()
+    [cache_dir] = re.findall(r"^CacheDirectory=(\S+)$", unit, re.M)
+    assert f"Environment=LINEWATCH_EXPORT_CACHE=%C/{cache_dir}" in unit.splitlines()
