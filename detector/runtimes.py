@@ -379,17 +379,86 @@ def export_cache_key(sha: str, versions: dict[str, str] | None = None, code: str
     return f"{sha[:16]}-onnx-{digest[:12]}"
 
 
-def _cached_onnx_export(module: torch.nn.Module, meta: dict[str, Any], sha: str) -> ExportInfo:
-    """The checkpoint's ONNX export in the cache, written (parity checked) the first time.
+# Pruning the cache: besides the entries this process has loaded, the most recently used ones are
+# kept (rollbacks, the other models of a routing, replicas sharing the cache), and anything used
+# within the grace period (another process may be loading it now).
+EXPORT_CACHE_KEEP = 4
+EXPORT_CACHE_GRACE_S = 24 * 3600.0
+_loaded_entries: set[str] = set()  # cache entries this process has opened: never pruned by it
 
-    Written into a private folder and renamed into place, so two processes exporting the same
+
+def _last_used(entry: Path) -> float:
+    """When an entry was last loaded (its manifest is touched at each load) or, for a failed or
+    partial export, last written."""
+    try:
+        return (entry / MANIFEST).stat().st_mtime if is_export(entry) else entry.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def prune_export_cache(cache: Path, in_use: set[str] = frozenset(), keep_last: int | None = None,
+                       grace_s: float | None = None, now: float | None = None) -> list[Path]:
+    """Delete old entries of the export cache; returns the folders deleted.
+
+    Kept: the entries named in ``in_use`` and those this process loaded, the ``keep_last``
+    (``LINEWATCH_EXPORT_CACHE_KEEP``, default :data:`EXPORT_CACHE_KEEP`) most recently used other
+    complete exports, and every folder (complete, failed or still being written) used within
+    ``grace_s`` (default :data:`EXPORT_CACHE_GRACE_S`).  Everything else goes: exports of replaced checkpoints and of older tool or code
+    versions, failed attempts and exports a crashed process left half-written."""
+    if keep_last is None:
+        keep_last = int(os.environ.get("LINEWATCH_EXPORT_CACHE_KEEP", EXPORT_CACHE_KEEP))
+    grace_s = EXPORT_CACHE_GRACE_S if grace_s is None else grace_s
+    now = time.time() if now is None else now
+    try:
+        entries = [p for p in cache.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+    keep = set(in_use) | _loaded_entries
+    complete = sorted((p for p in entries if is_export(p) and p.name not in keep), key=_last_used, reverse=True)
+    keep |= {p.name for p in complete[:max(0, keep_last)]}
+    deleted = []
+    for p in entries:
+        if p.name in keep or now - _last_used(p) < grace_s:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        if not p.exists():
+            deleted.append(p)
+    if deleted:
+        log.info("export cache %s: deleted %d old entries (%s)", cache, len(deleted),
+                 ", ".join(p.name for p in deleted))
+    return deleted
+
+
+def _use_entry(folder: Path) -> ExportInfo:
+    """Mark a cache entry as used now (its manifest's mtime) and read it."""
+    try:
+        os.utime(folder / MANIFEST)
+    except OSError:  # a read-only cache (made elsewhere) still serves; nobody prunes it from here
+        pass
+    _loaded_entries.add(folder.name)
+    return read_export(folder)
+
+
+def _cached_onnx_export(module: torch.nn.Module, meta: dict[str, Any], sha: str) -> ExportInfo:
+    """The checkpoint's ONNX export in the cache, written (parity checked) the first time; then the
+    cache's old entries are pruned (:func:`prune_export_cache`)."""
+    folder = export_cache_dir() / export_cache_key(sha)
+    info = _load_or_write_export(folder, module, meta, sha)
+    try:
+        prune_export_cache(folder.parent, {folder.name})
+    except Exception:  # noqa: BLE001 - a cache that cannot be pruned still serves
+        log.warning("could not prune the export cache %s", folder.parent, exc_info=True)
+    return info
+
+
+def _load_or_write_export(folder: Path, module: torch.nn.Module, meta: dict[str, Any], sha: str) -> ExportInfo:
+    """Written into a private folder and renamed into place, so two processes exporting the same
     checkpoint at once (detector replicas sharing a cache) never see each other's partial files."""
     from .export import ExportError, checkpoint_metadata, export_module
 
-    folder = export_cache_dir() / export_cache_key(sha)
     if is_export(folder):
         try:
-            return read_export(folder)
+            return _use_entry(folder)
         except ValueError as e:
             log.warning("re-exporting %s: %s", folder, e)
             shutil.rmtree(folder, ignore_errors=True)
@@ -413,7 +482,7 @@ def _cached_onnx_export(module: torch.nn.Module, meta: dict[str, Any], sha: str)
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return read_export(folder)
+    return _use_entry(folder)
 
 
 def open_runtime(path: str | Path, backend: str = "torch", device: str = "auto", batch_size: int = 8,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -228,6 +230,54 @@ def test_an_upgraded_runtime_never_reuses_a_cached_export(tmp_path, monkeypatch)
     parity = read_export(second).parity
     assert parity["passed"] and parity["tool_versions"]["onnxruntime"] == installed["onnxruntime"]
     assert loaded.runtime.name == "onnxruntime"
+
+    # a later start of the upgraded service: the old tools' entry, unused for two days, is pruned
+    monkeypatch.setattr(runtimes, "_loaded_entries", set())
+    monkeypatch.setenv("LINEWATCH_EXPORT_CACHE_KEEP", "0")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(first / MANIFEST, (two_days_ago, two_days_ago))
+    load_with("1.99.0")
+    assert list(cache.iterdir()) == [second]
+
+
+def test_pruning_the_export_cache_keeps_what_is_in_use_recent_or_among_the_last_used(tmp_path, monkeypatch):
+    import detector.runtimes as runtimes
+    from detector.runtimes import prune_export_cache
+
+    now = time.time()
+    day = 86400.0
+
+    def entry(name: str, days_ago: float, complete: bool = True):
+        p = tmp_path / name
+        p.mkdir()
+        stamp = p / MANIFEST if complete else p / "model.onnx"
+        stamp.write_text("{}")
+        t = now - days_ago * day
+        os.utime(stamp, (t, t))
+        os.utime(p, (t, t))
+        return p
+
+    current = entry("aaaa-onnx-new", 30)  # in use: kept however old
+    loaded_here = entry("bbbb-onnx-new", 20)  # loaded by this process earlier: kept
+    recent = [entry(f"r{i}-onnx-old", 2 + i) for i in range(3)]  # with fresh, the 4 most recently used of the rest
+    stale = [entry(f"s{i}-onnx-old", 10 + i) for i in range(2)]
+    fresh = entry("cccc-onnx-other", 0.5)  # used within the grace period (another replica): kept
+    failed = entry("dddd-onnx-new.failed", 5, complete=False)
+    crashed = entry("eeee-onnx-new.tmp-123", 5, complete=False)
+    writing = entry("ffff-onnx-new.tmp-456", 0.01, complete=False)  # being written now
+    (tmp_path / "stray-file").write_text("")  # not an entry: left alone
+    monkeypatch.setattr(runtimes, "_loaded_entries", {loaded_here.name})
+
+    deleted = prune_export_cache(tmp_path, {current.name}, keep_last=4, now=now)
+    assert sorted(deleted) == sorted([*stale, failed, crashed])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in [current, loaded_here, *recent, fresh, writing, tmp_path / "stray-file"])
+    assert prune_export_cache(tmp_path, {current.name}, keep_last=4, now=now) == []  # nothing more to do
+    # keep none of the rest: only what is in use, loaded here or within the grace period stays
+    prune_export_cache(tmp_path, {current.name}, keep_last=0, now=now)
+    assert {p.name for p in tmp_path.iterdir() if p.is_dir()} == {current.name, loaded_here.name, fresh.name,
+                                                                    writing.name}
+    assert prune_export_cache(tmp_path / "missing", set()) == []
 
 
 @pytest.mark.skipif("onnxruntime" not in available_backends(), reason="needs onnxruntime")
